@@ -1,0 +1,1 @@
+"""bipeft: budget-guided search for parameter-efficient fine-tuning structures."""

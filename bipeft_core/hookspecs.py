@@ -1,0 +1,92 @@
+"""The plugin contract: every hook a bipeft plugin may implement.
+
+A plugin is a module (or any object) with functions marked
+``@bipeft_core.hookimpl`` whose names are the hook names below. Hooks are
+called with keyword arguments only, so an implementation may accept just the
+arguments it needs. Registration hooks fill a :class:`bipeft_core.Registry`;
+event hooks are called while a search runs.
+
+Third-party plugins are found through the entry-point group ``bipeft``::
+
+    [project.entry-points.bipeft]
+    my_plugin = "my_package.my_plugin_module"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+PROJECT_NAME = "bipeft"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- registration ------------------------------------------------------------------
+
+
+@hookspec
+def bipeft_register_peft_modules(registry: Any) -> None:
+    """Add PEFT module types (:class:`bipeft_core.PeftModuleType` instances)
+    with ``registry.add(obj)``. Called once when plugins are loaded."""
+
+
+@hookspec
+def bipeft_register_strategies(registry: Any) -> None:
+    """Add strategy classes. ``registry`` is a
+    :class:`bipeft_core.StrategyRegistries` holding one registry per interface
+    kind (``registry.sensitivity``, ``.trigger``, ``.module_selector``,
+    ``.dimension_selector``, ``.optimizer``); ``registry.add(cls)`` files a
+    class under the kind of its base class. Called once when plugins are
+    loaded."""
+
+
+@hookspec
+def bipeft_register_search_spaces(registry: Any) -> None:
+    """Add search spaces (:class:`bipeft_core.SearchSpace` instances, e.g.
+    ``DeclarativeSpace.from_toml(path)``). Called once when plugins are
+    loaded."""
+
+
+@hookspec
+def bipeft_register_target_maps(registry: Any) -> None:
+    """Add backbone target maps (:class:`bipeft_core.TargetMap`), which say
+    where attention, FFN and normalisation layers sit in an architecture.
+    Called once when plugins are loaded."""
+
+
+@hookspec
+def bipeft_register_tasks(registry: Any) -> None:
+    """Add tasks (datasets with their fields, labels and metric). Called once
+    when plugins are loaded."""
+
+
+# -- events ------------------------------------------------------------------------
+
+
+@hookspec
+def bipeft_before_search(context: Any) -> None:
+    """Called once when a search starts (after the supernet is built, before
+    the first step; also when a search resumes). ``context`` is the
+    :class:`bipeft_core.SearchContext`."""
+
+
+@hookspec
+def bipeft_after_step(state: Any, control: Any) -> None:
+    """Called after every weight step with the :class:`SearchState` (read
+    only) and a :class:`Control`; ``control.request_stop(reason)`` ends the
+    search after this step, as if the epochs had run out."""
+
+
+@hookspec
+def bipeft_on_trigger(event: Any, state: Any) -> None:
+    """Called each time the trigger fires, after both selectors ran, with the
+    :class:`TriggerEvent` (modules pruned, ranks fixed, expected size, ...)."""
+
+
+@hookspec
+def bipeft_after_search(result: Any) -> None:
+    """Called once with the :class:`SearchResult` when a search ends."""

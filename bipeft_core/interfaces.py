@@ -1,0 +1,209 @@
+"""The small interfaces that every strategy and module type implements.
+
+A search is composed of one object per interface:
+
+* :class:`SearchSpace` says which PEFT modules may go where (built from
+  declarative data, see ``spaces/``).
+* :class:`PeftModuleType` is one kind of PEFT module (LoRA, BitFit, ...): its
+  exact parameter count and the two forms of it the search needs.
+* :class:`SensitivityEstimator` scores every module after each weight step.
+* :class:`Trigger` decides after each weight step whether to select now.
+* :class:`ModuleSelector` prunes modules when the trigger fires.
+* :class:`DimensionSelector` fixes ranks when the trigger fires.
+* :class:`Optimizer` drives the whole search loop and calls the others.
+
+Every method's docstring says when it is called and what it may change.
+Stateful components implement ``state_dict`` / ``load_state_dict`` so a search
+can be checkpointed and resumed bit for bit; the defaults here store nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from bipeft_core.space import ModuleSpec, Shape, Site
+    from bipeft_core.state import SearchContext, SearchResult, SearchState
+    from bipeft_core.targets import TargetMap
+
+__all__ = [
+    "DimensionSelector",
+    "ModuleSelector",
+    "Optimizer",
+    "PeftModuleType",
+    "SearchSpace",
+    "SensitivityEstimator",
+    "Stateful",
+    "Trigger",
+]
+
+
+class Stateful:
+    """Mixin: components whose state must survive a checkpoint."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume; called when a checkpoint is written."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; called on resume, after
+        :meth:`reset`."""
+
+
+class PeftModuleType(ABC):
+    """One kind of PEFT module: LoRA, Adapter-LR, BitFit, ...
+
+    A module type is stateless: one instance serves every position. It is
+    registered by name through ``bipeft_register_peft_modules`` and named by
+    search spaces.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["matrix", "vector"]]
+    """``matrix`` types have a searchable rank (β logits); ``vector`` types
+    (BitFit, LNFit) have only the on/off gate α."""
+    roles: ClassVar[tuple[str, ...]] = ("target",)
+    """The sites one module needs, by role: most need one backbone module
+    (``target``); a parallel adapter needs ``ffn_in`` and ``ffn_out``; prefix
+    tuning needs ``attn_q`` and ``attn_o``."""
+    site_kind: ClassVar[Literal["linear", "norm", "any"]] = "linear"
+    """What the ``target`` site must be: a linear layer, a normalisation
+    layer, or anything with a tensor output."""
+
+    @abstractmethod
+    def shape(self, sites: Mapping[str, Site], **options: Any) -> Shape:
+        """The shape facts the parameter count needs, read from the sites.
+
+        Called once per position when a space is applied to a model.
+        """
+
+    @abstractmethod
+    def param_count(self, shape: Shape, rank: int | None, **options: Any) -> int:
+        """Exact number of trainable parameters at ``rank`` (``None`` for
+        vector types). Pure: shape and rank in, integer out; it must equal
+        ``sum(p.numel())`` of :meth:`discrete` at that rank."""
+
+    @abstractmethod
+    def supernet(self, spec: ModuleSpec, model: nn.Module) -> nn.Module:
+        """The searchable form: weights at the largest candidate rank, shared
+        by every candidate (rank ``d`` uses the leading slice), zero output at
+        initialisation. Called once per position when a supernet is built.
+        The returned module is a :class:`bipeft_core.modules.PeftModule`."""
+
+    @abstractmethod
+    def discrete(self, spec: ModuleSpec, model: nn.Module, rank: int | None) -> nn.Module:
+        """The plain form at one rank, without gates, for re-training and
+        export. Called once per kept module when a structure is built."""
+
+
+class SearchSpace(ABC):
+    """Which module types may go at which positions, at which ranks."""
+
+    name: str
+
+    @abstractmethod
+    def modules(self, model: nn.Module, target_map: TargetMap, registry: Any) -> list[ModuleSpec]:
+        """Every searchable module of this space in ``model``, in a fixed order.
+
+        Called once when a search (or a structure build) starts; the order is
+        the module index used by every other component.
+        """
+
+
+class SensitivityEstimator(Stateful, ABC):
+    """Scores each module's importance from its weight-gradient products."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def reset(self, modules: Sequence[ModuleSpec]) -> None:
+        """Called once before the first step: allocate the per-module state."""
+
+    @abstractmethod
+    def observe(
+        self,
+        *,
+        train: Sequence[Sequence[torch.Tensor] | None],
+        val: Sequence[Sequence[torch.Tensor] | None],
+        active: torch.Tensor,
+    ) -> None:
+        """Called after every weight step with, per module, the products
+        ``θ ⊙ ∂L/∂θ`` of each of its tensors from the weight step (``train``)
+        and the preceding architecture step (``val``); ``None`` where the
+        module was not computed. ``active`` (bool, per module) marks the
+        modules whose score is updated (pruned modules are not)."""
+
+    @property
+    @abstractmethod
+    def scores(self) -> torch.Tensor:
+        """Current smoothed score per module (float tensor, one per module)."""
+
+
+class Trigger(Stateful, ABC):
+    """Decides when the selectors run."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def reset(self, state: SearchState) -> None:
+        """Called once before the first step; sets ``state.triggers_left``."""
+
+    @abstractmethod
+    def should_fire(self, state: SearchState) -> bool:
+        """Called after every weight step (and sensitivity update). Returns
+        whether the module and dimension selectors run now. May record
+        history; must not change the structure."""
+
+
+class ModuleSelector(Stateful, ABC):
+    """Prunes modules when the trigger fires."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def select(self, state: SearchState) -> list[int]:
+        """Called when the trigger fires, before the dimension selector, with
+        ``state.triggers_left`` not yet decremented. Returns the indices of
+        the modules to prune now (the caller applies them); may update
+        ``state.expected_sizes``."""
+
+
+class DimensionSelector(Stateful, ABC):
+    """Fixes the ranks of matrix modules when the trigger fires."""
+
+    name: ClassVar[str]
+
+    def reset(self, state: SearchState) -> None:
+        """Called once before the first step."""
+
+    def observe(self, state: SearchState) -> None:
+        """Called after every weight step past the warm-up (a β snapshot)."""
+
+    @abstractmethod
+    def select(self, state: SearchState) -> dict[int, int]:
+        """Called when the trigger fires, after pruning and after
+        ``state.triggers_left`` was decremented. Returns ``{module index:
+        rank}`` for the modules to fix now (the caller applies them)."""
+
+
+class Optimizer(Stateful, ABC):
+    """Drives a search: the loop over data, the steps, and when the other
+    components are called. BIPEFT's is ``iterative``; baselines bring their
+    own (``s3delta``, ``prunepeft``, ...)."""
+
+    name: ClassVar[str]
+    components: ClassVar[tuple[str, ...]] = ()
+    """Which of ``sensitivity``, ``trigger``, ``module_selector`` and
+    ``dimension_selector`` this optimizer uses; a spec that sets another is
+    rejected at load time."""
+
+    @abstractmethod
+    def search(self, ctx: SearchContext) -> SearchResult:
+        """Run the whole search and return its result. Called once by
+        :meth:`bipeft_core.Pipeline.search`; on resume, ``ctx`` carries the
+        checkpoint to continue from."""

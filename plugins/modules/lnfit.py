@@ -1,0 +1,69 @@
+"""LNFit: a zero-initialised scale ``δ`` added to a normalisation layer's
+weight, i.e. output ``LN(x) + δ·x̂`` with ``x̂`` the normalised input.
+
+Works for ``nn.LayerNorm`` and RMS-style norms (T5, Llama). Count: the
+normalised width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bipeft_core.hookspecs import hookimpl
+from bipeft_core.interfaces import PeftModuleType
+from bipeft_core.modules import PeftModule
+from bipeft_core.space import Shape
+
+
+def normalised_input(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x̂``: the input normalised as ``norm`` does, before its affine part."""
+    if isinstance(norm, nn.LayerNorm):
+        return F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(norm, "eps", 1e-6)
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class LNFitModule(PeftModule):
+    def __init__(self, spec, ranks=()) -> None:
+        super().__init__(spec, ())
+        self.scale = nn.Parameter(torch.zeros(spec.shape.out_features))
+        self._norm: nn.Module | None = None
+
+    def _register(self, model):
+        from bipeft_core.modules import get_submodule
+
+        self._norm = get_submodule(model, self.spec.site("target"))
+        super()._register(model)
+
+    def delta(self, x, output):
+        return self.w(self.scale) * normalised_input(self._norm, x).to(self.scale.dtype)
+
+
+class LNFit(PeftModuleType):
+    name = "lnfit"
+    kind = "vector"
+    roles = ("target",)
+    site_kind = "norm"
+
+    def shape(self, sites, **options):
+        s = sites["target"]
+        return Shape(in_features=s.in_features, out_features=s.out_features)
+
+    def param_count(self, shape, rank, **options):
+        return shape.out_features
+
+    def supernet(self, spec, model):
+        return LNFitModule(spec)
+
+    def discrete(self, spec, model, rank):
+        return LNFitModule(spec)
+
+
+@hookimpl
+def bipeft_register_peft_modules(registry):
+    registry.add(LNFit())
