@@ -32,16 +32,16 @@ class LNFitModule(PeftModule):
     def __init__(self, spec, ranks=()) -> None:
         super().__init__(spec, ())
         self.scale = nn.Parameter(torch.zeros(spec.shape.out_features))
-        self._norm: nn.Module | None = None
+        self._norm: tuple[nn.Module, ...] = ()  # a tuple, so the norm is not registered as a submodule
 
     def _register(self, model):
         from bipeft_core.modules import get_submodule
 
-        self._norm = get_submodule(model, self.spec.site("target"))
+        self._norm = (get_submodule(model, self.spec.site("target")),)
         super()._register(model)
 
     def delta(self, x, output):
-        return self.w(self.scale) * normalised_input(self._norm, x).to(self.scale.dtype)
+        return self.w(self.scale) * normalised_input(self._norm[0], x).to(self.scale.dtype)
 
 
 class LNFit(PeftModuleType):

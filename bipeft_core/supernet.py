@@ -1,0 +1,244 @@
+"""The supernet: a frozen backbone with every searchable module attached,
+architecture logits α (keep/drop) and β (candidate ranks), and the gate
+sampling of ALGORITHM.md §2.
+
+Before each forward, :meth:`Supernet.configure` sets every module's controls
+for one of the modes:
+
+``weight``     binary stage, weight step: gate ~ GumbelHard(α); a module
+               sampled off is skipped; rank = fixed rank or argmax β.
+``binary``     binary stage, architecture step: gate ~ GumbelHard(α) with a
+               straight-through gradient; a module sampled off is computed
+               with detached weights (or skipped with
+               ``gate_gradient="sampled_only"``).
+``dimension``  dimension stage, architecture step: unpruned modules on;
+               rank weights ~ GumbelHard(β) mixed as a rank mask.
+``eval``       deterministic: keep = argmax α, rank = fixed or argmax β.
+``all_on``     every unpruned module on at its largest rank, no gates.
+
+Pruned modules are always skipped: no compute, no memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from bipeft_core.modules import PeftModule
+from bipeft_core.space import ModuleSpec
+
+__all__ = ["MODES", "Supernet", "gumbel_hard", "trainable_head_parameters"]
+
+MODES = ("weight", "binary", "dimension", "eval", "all_on")
+FROZEN_HEADS = ("lm_head", "cls")
+
+
+def gumbel_hard(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None, *, noise: bool = True
+) -> torch.Tensor:
+    """Hard Gumbel-softmax over the last dimension, with a straight-through
+    gradient: the formula of ``torch.nn.functional.gumbel_softmax(hard=True)``
+    written with an explicit generator. ``noise=False`` gives the hard
+    softmax (no sampling)."""
+    if noise:
+        u = torch.rand(logits.shape, generator=generator, dtype=torch.float32).to(logits.device)
+        g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+        y = ((logits + g.to(logits.dtype)) / tau).softmax(-1)
+    else:
+        y = (logits / tau).softmax(-1)
+    index = y.argmax(-1, keepdim=True)
+    hard = torch.zeros_like(y).scatter_(-1, index, 1.0)
+    return hard - y.detach() + y
+
+
+def trainable_head_parameters(model: nn.Module, heads: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """Task-head parameters that train with every method (classifier, pooler,
+    score head); LM heads (T5's tied head) stay frozen."""
+    out = []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if any(h in parts for h in heads) and not any(h in parts for h in FROZEN_HEADS):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((name, p))
+    return out
+
+
+class Supernet(nn.Module):
+    """A backbone with every module of a space attached in supernet form.
+
+    ``model`` is changed in place: its parameters are frozen except the task
+    head, and hooks are attached. Module weights are created with the global
+    torch RNG (seed it first); architecture logits with ``generator``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        specs: Sequence[ModuleSpec],
+        registry: Any,
+        *,
+        heads: Sequence[str] = ("classifier", "score", "pooler"),
+        generator: torch.Generator | None = None,
+        logit_init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.specs = list(specs)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.head_params = [p for _, p in trainable_head_parameters(model, heads)]
+        for p in self.head_params:
+            p.requires_grad_(True)
+        self.peft = nn.ModuleList(registry.get(s.type).supernet(s, model) for s in self.specs)
+        for m in self.peft:
+            m.attach(model)
+        n = len(self.specs)
+        cmax = max([len(s.ranks) for s in self.specs] + [1])
+        rmax = max([s.max_rank or 0 for s in self.specs] + [1])
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        self.alpha = nn.Parameter(logit_init_std * torch.randn(n, 2, generator=generator))
+        self.beta = nn.Parameter(logit_init_std * torch.randn(n, cmax, generator=generator))
+        valid = torch.zeros(n, cmax, dtype=torch.bool)
+        ranks = torch.zeros(n, cmax, dtype=torch.long)
+        counts = torch.zeros(n, cmax, dtype=torch.float64)
+        masks = torch.zeros(n, cmax, rmax)
+        for i, s in enumerate(self.specs):
+            if s.ranks:
+                for c, (r, cnt) in enumerate(zip(s.ranks, s.counts)):
+                    valid[i, c] = True
+                    ranks[i, c] = r
+                    counts[i, c] = cnt
+                    masks[i, c, :r] = 1.0
+            else:
+                valid[i, 0] = True
+                counts[i, 0] = s.counts[0]
+        self.register_buffer("cand_valid", valid, persistent=False)
+        self.register_buffer("cand_ranks", ranks, persistent=False)
+        self.register_buffer("cand_counts", counts, persistent=False)
+        self.register_buffer("rank_masks", masks, persistent=False)
+        self.register_buffer("is_matrix", torch.tensor([s.is_matrix for s in self.specs], dtype=torch.bool),
+                             persistent=False)
+        self.register_buffer("pruned", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("fixed_rank", torch.full((n,), -1, dtype=torch.long))
+        self.mode = "all_on"
+
+    # -- reading ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def masked_beta(self) -> torch.Tensor:
+        return self.beta.masked_fill(~self.cand_valid, float("-inf"))
+
+    def argmax_rank(self) -> torch.Tensor:
+        """Per module: the fixed rank if fixed, else the candidate at argmax β
+        (0 for vector modules)."""
+        idx = self.masked_beta().argmax(-1)
+        ranks = self.cand_ranks.gather(1, idx[:, None])[:, 0]
+        ranks = torch.where(self.fixed_rank >= 0, self.fixed_rank, ranks)
+        return torch.where(self.is_matrix, ranks, torch.zeros_like(ranks))
+
+    def rank_weights(self) -> torch.Tensor:
+        """``w̃``: one-hot at the fixed rank if fixed, else softmax(β)."""
+        w = self.masked_beta().detach().softmax(-1)
+        fixed = self.fixed_rank >= 0
+        if fixed.any():
+            onehot = (self.cand_ranks == self.fixed_rank[:, None]) & self.cand_valid
+            w = torch.where(fixed[:, None], onehot.to(w.dtype), w)
+        return w
+
+    def keep_probability(self) -> torch.Tensor:
+        return self.alpha.detach().softmax(-1)[:, 1]
+
+    def peft_parameters(self) -> list[nn.Parameter]:
+        return list(self.peft.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha, self.beta]
+
+    def module_products(self) -> list[list[torch.Tensor] | None]:
+        """Per module: ``θ ⊙ ∂L/∂θ`` for each of its tensors, or ``None``
+        where it has no gradient (not computed)."""
+        out: list[list[torch.Tensor] | None] = []
+        for m in self.peft:
+            prods = [(p.detach() * p.grad).flatten() for p in m.parameters() if p.grad is not None]
+            out.append(prods if prods else None)
+        return out
+
+    # -- configuring a forward -------------------------------------------------------
+    @torch.no_grad()
+    def _reset_all(self) -> None:
+        for m in self.peft:
+            m.reset_controls()
+
+    def configure(
+        self,
+        mode: str,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        gate_gradient: str = "straight_through",
+        noise: bool = True,
+    ) -> torch.Tensor | None:
+        """Set every module's controls for the next forward (see the module
+        docstring). Returns the sampled gates (``(M,)``, keep = 1) where the
+        mode samples α, else ``None``."""
+        if mode not in MODES:
+            raise ValueError(f"unknown supernet mode {mode!r}; one of {MODES}")
+        self.mode = mode
+        pruned = self.pruned.tolist()
+        fixed = self.fixed_rank.tolist()
+        argmax_rank = self.argmax_rank().tolist()
+        gates = None
+        keep: list[bool]
+        if mode in ("weight", "binary"):
+            g = gumbel_hard(self.alpha, temperature, generator, noise=noise)[:, 1]
+            gates = g
+            keep = (g.detach() > 0.5).tolist()
+        elif mode == "eval":
+            keep = (self.alpha.detach()[:, 1] > self.alpha.detach()[:, 0]).tolist()
+        else:
+            keep = [True] * len(self.specs)
+        wrank = None
+        if mode == "dimension":
+            wrank = gumbel_hard(self.masked_beta(), temperature, generator, noise=noise)
+            mask_all = torch.einsum("mc,mcr->mr", wrank, self.rank_masks)
+        for i, m in enumerate(self.peft):
+            m: PeftModule
+            m.reset_controls()
+            if pruned[i]:
+                m.enabled = False
+                continue
+            if m.max_rank is not None and mode != "all_on":
+                m.rank = fixed[i] if fixed[i] >= 0 else argmax_rank[i]
+            if mode == "weight":
+                m.enabled = keep[i]
+            elif mode == "binary":
+                if not keep[i] and gate_gradient == "sampled_only":
+                    m.enabled = False
+                    continue
+                m.gate = gates[i]
+                m.detach_weights = not keep[i]
+            elif mode == "dimension":
+                if m.max_rank is not None and fixed[i] < 0:
+                    if gate_gradient == "sampled_only":
+                        c = int(wrank[i].detach().argmax())
+                        m.rank = int(self.cand_ranks[i, c])
+                    else:
+                        m.rank = m.max_rank
+                    m.rank_mask = mask_all[i, : m.max_rank]
+            elif mode == "eval":
+                m.enabled = keep[i]
+        return gates
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def detach_hooks(self) -> None:
+        for m in self.peft:
+            m.detach()
