@@ -1,1 +1,94 @@
-"""bipeft: budget-guided search for parameter-efficient fine-tuning structures."""
+"""bipeft: budget-guided search for parameter-efficient fine-tuning structures.
+
+The public API is re-exported here; helper modules are private by convention.
+"""
+
+from bipeft_core.budget import Budget, fill_walk, prune_walk
+from bipeft_core.errors import (
+    BipeftError,
+    BudgetError,
+    DataError,
+    DuplicateNameError,
+    RegistryError,
+    SearchSpaceError,
+    SpecError,
+    StructureError,
+    TargetError,
+    TrainingError,
+    UnknownNameError,
+)
+from bipeft_core.hookspecs import hookimpl, hookspec
+from bipeft_core.interfaces import (
+    DimensionSelector,
+    ModuleSelector,
+    Optimizer,
+    PeftModuleType,
+    SearchSpace,
+    SensitivityEstimator,
+    Trigger,
+)
+from bipeft_core.modules import PeftModule
+from bipeft_core.plugins import BUILTIN_PLUGINS, Plugins, StrategyRegistries, default_plugins, load_plugins
+from bipeft_core.registry import Registry
+from bipeft_core.space import DeclarativeSpace, ModuleSpec, Shape
+from bipeft_core.spec import Component, ModelSpec, Pipeline, SpaceSpec, TrainSpec
+from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
+from bipeft_core.structure import PeftModel, Structure, StructureEntry
+from bipeft_core.supernet import Supernet
+from bipeft_core.targets import Site, TargetMap, backbone_param_count
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "BipeftError",
+    "Budget",
+    "BudgetError",
+    "Component",
+    "Control",
+    "DataError",
+    "DeclarativeSpace",
+    "DimensionSelector",
+    "DuplicateNameError",
+    "ModelSpec",
+    "ModuleSelector",
+    "ModuleSpec",
+    "Optimizer",
+    "PeftModel",
+    "PeftModule",
+    "PeftModuleType",
+    "Pipeline",
+    "Plugins",
+    "Registry",
+    "RegistryError",
+    "SearchContext",
+    "SearchResult",
+    "SearchSpace",
+    "SearchSpaceError",
+    "SearchState",
+    "SensitivityEstimator",
+    "Shape",
+    "Site",
+    "SpaceSpec",
+    "SpecError",
+    "StrategyRegistries",
+    "Structure",
+    "StructureEntry",
+    "StructureError",
+    "Supernet",
+    "TargetError",
+    "TargetMap",
+    "TrainSpec",
+    "TrainingError",
+    "Trigger",
+    "TriggerEvent",
+    "UnknownNameError",
+    "__version__",
+    "backbone_param_count",
+    "default_plugins",
+    "fill_walk",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+    "prune_walk",
+]

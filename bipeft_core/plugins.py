@@ -29,7 +29,7 @@ from bipeft_core.interfaces import (
 )
 from bipeft_core.registry import Registry
 
-__all__ = ["BUILTIN_PLUGINS", "Plugins", "StrategyRegistries", "load_plugins"]
+__all__ = ["BUILTIN_PLUGINS", "Plugins", "StrategyRegistries", "default_plugins", "load_plugins"]
 
 #: The built-in plugins, by short name. They register through the same hooks a
 #: third-party plugin uses; ``load_plugins(disable=[short name])`` leaves one out.
@@ -199,3 +199,15 @@ def load_plugins(
     host = Plugins(pm)
     host._fill()
     return host
+
+
+_DEFAULT: Plugins | None = None
+
+
+def default_plugins() -> Plugins:
+    """The plugins of ``load_plugins()``, loaded once per process (used when
+    a pipeline is given none)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_plugins()
+    return _DEFAULT

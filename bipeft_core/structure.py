@@ -47,6 +47,7 @@ class StructureEntry:
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
         return {
+            "index": s.index,
             "id": s.id,
             "type": s.type,
             "kind": s.kind,
@@ -68,7 +69,7 @@ class StructureEntry:
             shape = Shape(in_features=d["shape"]["in_features"], out_features=d["shape"]["out_features"],
                           extra=d["shape"].get("extra", {}))
             spec = ModuleSpec(
-                index=index, id=d["id"], type=d["type"], kind=d["kind"], position=d["position"],
+                index=d.get("index", index), id=d["id"], type=d["type"], kind=d["kind"], position=d["position"],
                 layer=d["layer"], sites=tuple(d["sites"].items()), shape=shape,
                 ranks=tuple(d["ranks"]), counts=tuple(d["counts"]), options=d.get("options", {}),
             )

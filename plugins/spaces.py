@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from bipeft_spaces import space_files
+
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.space import DeclarativeSpace
-from bipeft_spaces import space_files
 
 
 @hookimpl

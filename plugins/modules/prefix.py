@@ -20,10 +20,8 @@ from torch import nn
 from bipeft_core.errors import TargetError
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
-from bipeft_core.modules import input_of
+from bipeft_core.modules import PeftModule, input_of
 from bipeft_core.space import Shape
-
-from bipeft_core.modules import PeftModule
 
 UNSCALED_ATTENTION = ("t5", "mt5", "umt5")
 

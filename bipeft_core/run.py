@@ -1,0 +1,131 @@
+"""Running a pipeline: the search and the re-train (called through
+:meth:`bipeft_core.Pipeline.search` and :meth:`~bipeft_core.Pipeline.retrain`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from bipeft_core.budget import format_count
+from bipeft_core.errors import BudgetError
+from bipeft_core.spec import COMPONENT_KINDS
+from bipeft_core.state import SearchContext, SearchResult
+from bipeft_core.structure import PeftModel, Structure
+from bipeft_core.supernet import Supernet
+from bipeft_core.targets import backbone_param_count, find_target_map
+from bipeft_core.training import default_collate, default_loss, train_model
+
+__all__ = ["RetrainResult", "check_budget", "retrain", "search"]
+
+
+def check_budget(specs, budget: int) -> None:
+    """A budget below the smallest module, or at least the whole space, is an error."""
+    smallest = min(min(s.counts) for s in specs)
+    whole = sum(s.max_count for s in specs)
+    if budget < smallest:
+        raise BudgetError(
+            f"the budget of {format_count(budget)} parameters is below the smallest module of the space "
+            f"({format_count(smallest)}); raise the budget to at least {format_count(smallest)}"
+        )
+    if budget >= whole:
+        raise BudgetError(
+            f"the budget of {format_count(budget)} parameters holds the whole space "
+            f"({format_count(whole)} at the largest ranks), so there is nothing to search; lower the "
+            "budget or use a larger space"
+        )
+
+
+def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Sequence[Any] | None = None, *,
+           task: Any = None, loss_fn: Callable | None = None, collate_fn: Callable | None = None,
+           evaluate_fn: Callable | None = None, target_map: Any = None, device: Any = None,
+           progress: bool = False) -> SearchResult:
+    plugins = pipeline.get_plugins()
+    settings = pipeline.search_settings
+    torch.manual_seed(settings.seed)
+    tm = find_target_map(model, plugins.target_maps, _target_map(pipeline, plugins, target_map))
+    specs = pipeline.resolved_space().modules(model, tm, plugins.peft_modules)
+    total = backbone_param_count(model, tm)
+    budget = pipeline.budget.resolve(total)
+    check_budget(specs, budget)
+    if task is not None:
+        collate_fn = collate_fn or task.collate
+        loss_fn = loss_fn or task.loss
+    if settings.max_train_examples is not None:
+        train = list(train)[: settings.max_train_examples]
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    supernet = Supernet(model, specs, plugins.peft_modules, heads=tm.heads,
+                        generator=torch.Generator().manual_seed(settings.seed)).to(device)
+    components = {kind: pipeline.build_component(kind, plugins) for kind in COMPONENT_KINDS}
+    ctx = SearchContext(
+        supernet=supernet, specs=specs, budget=budget, backbone_params=total, components=components,
+        settings=settings, train=list(train), collate=collate_fn or default_collate, loss=loss_fn or default_loss,
+        hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=pipeline.space.name,
+        model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
+    )
+    result = components["optimizer"].search(ctx)
+    supernet.detach_hooks()
+    plugins.hook.bipeft_after_search(result=result)
+    return result
+
+
+@attrs.frozen(kw_only=True)
+class RetrainResult:
+    model: PeftModel
+    epochs: tuple[dict[str, float], ...]
+    best_epoch: int
+    validation: dict[str, float]
+    test: dict[str, float] | None
+    wall_time: float
+    peft_params: int
+
+
+def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequence[Any],
+            validation: Sequence[Any] | None = None, test: Sequence[Any] | None = None, *, task: Any = None,
+            loss_fn: Callable | None = None, collate_fn: Callable | None = None,
+            evaluate_fn: Callable | None = None, target_map: Any = None) -> RetrainResult:
+    """Train the structure's discrete model from fresh weights on the full
+    training set; pick the best epoch on ``validation``; evaluate on ``test``."""
+    plugins = pipeline.get_plugins()
+    settings = pipeline.retrain_settings
+    torch.manual_seed(settings.seed)
+    tm = find_target_map(model, plugins.target_maps, _target_map(pipeline, plugins, target_map))
+    peft_model = structure.build(model, plugins.peft_modules, heads=[h for h in tm.heads])
+    if task is not None:
+        collate_fn = collate_fn or task.collate
+        loss_fn = loss_fn or task.loss
+        if evaluate_fn is None and validation is not None:
+            def evaluate_fn(m, data=validation):
+                return task.evaluate(m, data, batch_size=settings.eval_batch_size)
+    if settings.max_train_examples is not None:
+        train = list(train)[: settings.max_train_examples]
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    out = train_model(peft_model, params, list(train), settings=settings, collate=collate_fn or default_collate,
+                      loss=loss_fn or default_loss, evaluate=evaluate_fn)
+    wall = time.perf_counter() - started
+    best = out["epochs"][out["best_epoch"]]
+    val_metrics = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
+    test_metrics = None
+    if test is not None and task is not None:
+        test_metrics = task.evaluate(peft_model, test, batch_size=settings.eval_batch_size)
+    return RetrainResult(model=peft_model, epochs=tuple(out["epochs"]), best_epoch=out["best_epoch"],
+                         validation=val_metrics, test=test_metrics, wall_time=wall,
+                         peft_params=peft_model.peft_parameter_count())
+
+
+def _target_map(pipeline: Any, plugins: Any, override: Any) -> Any:
+    if override is not None:
+        return override
+    tm = pipeline.model.target_map
+    if tm is None:
+        return None
+    if isinstance(tm, str):
+        return plugins.target_maps.get(tm)
+    from bipeft_core.targets import TargetMap
+
+    return tm if isinstance(tm, TargetMap) else TargetMap.from_dict(tm)

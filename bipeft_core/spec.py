@@ -1,0 +1,473 @@
+"""Declarative pipeline specs.
+
+A :class:`Pipeline` is fully described by plain data: the model and task, the
+budget, the search space, one registered implementation per interface (with
+its parameters), and the training settings of the search and the re-train.
+It is built from Python, a dict, or a TOML file, and ``to_dict()``
+round-trips::
+
+    [model]
+    name_or_path = "path/or/hub-id"
+    task = "glue/rte"
+
+    [budget]
+    value = "0.1%"
+
+    [space]
+    name = "s2"
+    ranks = [1, 4, 8]
+
+    [search]
+    optimizer = "iterative"
+    sensitivity = { name = "grad_weight_cos", beta = 0.85 }
+    trigger = { name = "budget_stability", window = 5 }
+    epochs = 20
+    seed = 42
+
+    [retrain]
+    epochs = 20
+
+Invalid specs fail when loaded, with the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bipeft_core.budget import Budget
+from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError
+from bipeft_core.space import check_ranks
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "Pipeline", "SpaceSpec", "TrainSpec"]
+
+COMPONENT_KINDS = ("optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+        return {k: _thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# -- validators that raise SpecError with the field, the value and the fix -----------
+
+
+def _validator(check, fix: str):
+    def validate(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and attribute.default is None:
+            return
+        if not check(value):
+            raise SpecError(f"{type(inst).__name__.lower().replace('spec', '')}.{attribute.name} = {value!r} "
+                            f"is not valid: {fix}")
+
+    return validate
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_pos_int = _validator(lambda v: _is_int(v) and v >= 1, "give a whole number >= 1")
+_pos_num = _validator(lambda v: _is_num(v) and v > 0, "give a number > 0")
+_nonneg_num = _validator(lambda v: _is_num(v) and v >= 0, "give a number >= 0")
+_ratio = _validator(lambda v: _is_num(v) and 0 <= v < 1, "give a fraction in [0, 1), e.g. 0.06")
+_int = _validator(_is_int, "give a whole number")
+
+
+@attrs.frozen(kw_only=True)
+class Component:
+    """One registered implementation, by name, with its parameters."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze)
+
+    @classmethod
+    def parse(cls, value: Any, field: str) -> Component:
+        if isinstance(value, Component):
+            return value
+        if isinstance(value, str):
+            if not value.strip():
+                raise SpecError(f"{field} is empty; name a registered implementation")
+            return cls(name=value.strip().lower())
+        if isinstance(value, Mapping):
+            if "name" not in value or not isinstance(value["name"], str):
+                raise SpecError(f"{field} = {dict(value)!r} has no name; write {{ name = \"...\", ... }}")
+            params = {k: v for k, v in value.items() if k != "name"}
+            return cls(name=value["name"].strip().lower(), params=params)
+        name = getattr(value, "name", None)
+        if isinstance(name, str) and attrs.has(type(value)):  # a configured strategy object
+            params = attrs.asdict(value, recurse=False)
+            return cls(name=name, params=params)
+        raise SpecError(f"{field} = {value!r}: give a registered name, a table {{ name = ..., ... }}, "
+                        "or an attrs strategy object")
+
+    def param_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.params}
+
+    def to_value(self) -> str | dict[str, Any]:
+        return self.name if not self.params else {"name": self.name, **self.param_dict()}
+
+
+def _component_or_none(field: str):
+    def convert(value: Any) -> Component | None:
+        return None if value is None else Component.parse(value, field)
+
+    return convert
+
+
+@attrs.frozen(kw_only=True)
+class ModelSpec:
+    """The backbone and the task."""
+
+    name_or_path: str | None = None
+    task: str | None = None
+    max_length: int | None = attrs.field(default=None, validator=_pos_int)
+    target_map: Any = None
+    """A registered target map's name, or a table of patterns (see docs/targets.md)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> ModelSpec:
+        if value is None:
+            return cls()
+        if isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, str):
+            return cls(name_or_path=value)
+        return _from_table(cls, value, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_table(self)
+
+
+@attrs.frozen(kw_only=True)
+class SpaceSpec:
+    """A registered search space, optionally with other candidate ranks."""
+
+    name: str = "s2"
+    ranks: tuple[int, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.ranks is not None:
+            try:
+                object.__setattr__(self, "ranks", check_ranks(list(self.ranks), "space.ranks"))
+            except SearchSpaceError as exc:
+                raise SpecError(str(exc)) from None
+
+    @classmethod
+    def parse(cls, value: Any) -> SpaceSpec:
+        if isinstance(value, SpaceSpec):
+            return value
+        if isinstance(value, str):
+            return cls(name=value.lower())
+        if hasattr(value, "modules") and hasattr(value, "name") and not isinstance(value, Mapping):
+            return cls(name=value.name)
+        return _from_table(cls, value, "space")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_table(self)
+
+
+@attrs.frozen(kw_only=True)
+class TrainSpec:
+    """Training settings (of the search's weight steps, or of the re-train).
+
+    Defaults as ALGORITHM.md §3 and §8: AdamW lr 3e-4, weight decay 1e-4,
+    batch 32, linear decay without warm-up, gradient clipping at 2.0.
+    """
+
+    epochs: int = attrs.field(default=20, validator=_pos_int)
+    batch_size: int = attrs.field(default=32, validator=_pos_int)
+    eval_batch_size: int = attrs.field(default=64, validator=_pos_int)
+    lr: float = attrs.field(default=3e-4, validator=_pos_num)
+    weight_decay: float = attrs.field(default=1e-4, validator=_nonneg_num)
+    warmup_ratio: float = attrs.field(default=0.0, validator=_ratio)
+    clip_norm: float | None = attrs.field(default=2.0, validator=_pos_num)
+    seed: int = attrs.field(default=42, validator=_int)
+    max_train_examples: int | None = attrs.field(default=None, validator=_pos_int)
+
+    @classmethod
+    def parse(cls, value: Any, table: str = "train") -> TrainSpec:
+        if isinstance(value, TrainSpec):
+            return value
+        return _from_table(cls, value or {}, table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_table(self)
+
+
+def _from_table(cls: type, value: Any, table: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise SpecError(f"[{table}] must be a table, got {value!r}")
+    allowed = [f.name for f in attrs.fields(cls)]
+    extra = sorted(set(value) - set(allowed))
+    if extra:
+        raise SpecError(f"[{table}] has unknown key(s) {extra}; the keys of [{table}] are {allowed}")
+    kwargs = dict(value)
+    if "ranks" in kwargs and isinstance(kwargs["ranks"], list):
+        kwargs["ranks"] = tuple(kwargs["ranks"])
+    try:
+        return cls(**kwargs)
+    except SpecError as exc:
+        msg = str(exc)
+        prefix = cls.__name__.lower().replace("spec", "") + "."
+        raise SpecError(f"{table}.{msg[len(prefix):]}" if msg.startswith(prefix) else f"[{table}] {msg}") from None
+
+
+def _to_table(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in attrs.fields(type(obj)):
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class Pipeline:
+    """A full BIPEFT (or baseline) pipeline: what to search, under which
+    budget, with which components, and how to train.
+
+    Components (``optimizer``, ``sensitivity``, ``trigger``,
+    ``module_selector``, ``dimension_selector``) are registered names,
+    ``{"name": ..., **params}`` tables, or attrs strategy objects; ``None``
+    takes the optimizer's default. ``plugins`` (the result of
+    :func:`bipeft_core.load_plugins`) is used to check names and to run; it is
+    not part of the spec's value.
+    """
+
+    budget: Budget = attrs.field(converter=Budget.parse)
+    space: SpaceSpec = attrs.field(default="s2", converter=SpaceSpec.parse)
+    model: ModelSpec = attrs.field(factory=ModelSpec, converter=ModelSpec.parse)
+    optimizer: Component = attrs.field(default="iterative", converter=_component_or_none("search.optimizer"))
+    sensitivity: Component | None = attrs.field(default=None, converter=_component_or_none("search.sensitivity"))
+    trigger: Component | None = attrs.field(default=None, converter=_component_or_none("search.trigger"))
+    module_selector: Component | None = attrs.field(
+        default=None, converter=_component_or_none("search.module_selector"))
+    dimension_selector: Component | None = attrs.field(
+        default=None, converter=_component_or_none("search.dimension_selector"))
+    search_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=lambda v: TrainSpec.parse(v, "search"))
+    """Training settings of the search (the ``[search]`` table's other keys)."""
+    retrain_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=lambda v: TrainSpec.parse(v, "retrain"))
+    """Training settings of the re-train (the ``[retrain]`` table)."""
+    plugins: Any = attrs.field(default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.validate()
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, plugins: Any = None, source: str = "spec") -> Pipeline:
+        """From the dict form (the TOML tables). Raises :class:`SpecError`."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: a spec is a table of tables, got {type(data).__name__}")
+        allowed = ["model", "budget", "space", "search", "retrain"]
+        extra = sorted(set(data) - set(allowed))
+        if extra:
+            raise SpecError(f"{source}: unknown table(s) {extra}; a spec has {allowed}")
+        if "budget" not in data:
+            raise SpecError(f"{source}: no budget; add e.g. budget = \"0.1%\" or [budget] value = \"102600\"")
+        search = dict(data.get("search") or {})
+        if not isinstance(search, dict):
+            raise SpecError(f"{source}: [search] must be a table")
+        components = {k: search.pop(k) for k in COMPONENT_KINDS if k in search}
+        try:
+            return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space", "s2"),
+                       search_settings=search, retrain_settings=data.get("retrain") or {}, plugins=plugins,
+                       **components)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, plugins: Any = None) -> Pipeline:
+        """Load a TOML spec file. Raises :class:`SpecError` naming the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
+                            "(strings need quotes; tables are [name])") from None
+        return cls.from_dict(data, plugins=plugins, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form; ``Pipeline.from_dict(p.to_dict()) == p``."""
+        search: dict[str, Any] = {}
+        for kind in COMPONENT_KINDS:
+            comp = getattr(self, kind)
+            if comp is not None:
+                search[kind] = comp.to_value()
+        search.update(self.search_settings.to_dict())
+        out: dict[str, Any] = {}
+        model = self.model.to_dict()
+        if model:
+            out["model"] = model
+        out["budget"] = {"value": self.budget.to_value()}
+        out["space"] = self.space.to_dict()
+        out["search"] = search
+        out["retrain"] = self.retrain_settings.to_dict()
+        return out
+
+    def to_toml(self) -> str:
+        try:
+            import tomli_w
+        except ImportError:  # pragma: no cover
+            raise BipeftError("writing TOML needs tomli-w: pip install tomli-w") from None
+        return tomli_w.dumps(self.to_dict())
+
+    def evolve(self, **changes: Any) -> Pipeline:
+        return attrs.evolve(self, **changes)
+
+    # -- checking against the registries ---------------------------------------------
+    def get_plugins(self) -> Any:
+        if self.plugins is None:
+            from bipeft_core.plugins import default_plugins
+
+            return default_plugins()
+        return self.plugins
+
+    def validate(self) -> None:
+        """Check every name against the registries and every component's
+        parameters against its constructor. Called on construction."""
+        plugins = self.get_plugins()
+        if self.space.name not in plugins.spaces:
+            _unknown("space.name", plugins.spaces, self.space.name)
+        optimizer_cls = self._factory("optimizer", plugins)
+        used = tuple(getattr(optimizer_cls, "components", ()))
+        for kind in COMPONENT_KINDS[1:]:
+            comp = getattr(self, kind)
+            if comp is None:
+                continue
+            if kind not in used:
+                raise SpecError(
+                    f"search.{kind} = {comp.name!r} is set, but optimizer {self.optimizer.name!r} does not use "
+                    f"a {kind} (it uses {list(used) or 'none'}); remove search.{kind}"
+                )
+            self._factory(kind, plugins)
+        for kind in COMPONENT_KINDS:
+            comp = getattr(self, kind)
+            if comp is not None:
+                self.build_component(kind, plugins)
+        if self.model.task is not None and len(plugins.tasks):
+            from bipeft_core.tasks import resolve_task_name
+
+            try:
+                plugins.tasks.get(resolve_task_name(self.model.task))
+            except BipeftError as exc:
+                raise SpecError(f"model.task = {self.model.task!r}: {exc}") from None
+
+    def _factory(self, kind: str, plugins: Any) -> Any:
+        comp = getattr(self, kind)
+        registry = plugins.strategies.kind(kind)
+        if comp.name not in registry:
+            _unknown(f"search.{kind}", registry, comp.name)
+        return registry.get(comp.name)
+
+    def component_name(self, kind: str) -> str | None:
+        """The name used for ``kind``: the spec's, else the optimizer's default."""
+        comp = getattr(self, kind)
+        if comp is not None:
+            return comp.name
+        optimizer_cls = self._factory("optimizer", self.get_plugins())
+        return getattr(optimizer_cls, "default_components", {}).get(kind)
+
+    def build_component(self, kind: str, plugins: Any = None) -> Any:
+        """A fresh instance of the component of ``kind`` (the spec's, else
+        the optimizer's default), or ``None`` if the optimizer uses none."""
+        plugins = plugins or self.get_plugins()
+        comp = getattr(self, kind)
+        if comp is None:
+            name = self.component_name(kind)
+            if name is None:
+                return None
+            comp = Component(name=name)
+        registry = plugins.strategies.kind(kind)
+        if comp.name not in registry:
+            _unknown(f"search.{kind}", registry, comp.name)
+        factory = registry.get(comp.name)
+        params = comp.param_dict()
+        try:
+            inspect.signature(factory).bind(**params)
+        except TypeError:
+            sig = inspect.signature(factory)
+            accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+            bad = sorted(set(params) - set(accepted))
+            raise SpecError(
+                f"search.{kind} = {comp.to_value()!r}: {comp.name} does not take {bad or 'these parameters'}; "
+                f"its parameters are {accepted}"
+            ) from None
+        try:
+            return factory(**params)
+        except BipeftError as exc:
+            raise SpecError(f"search.{kind} = {comp.to_value()!r}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"search.{kind} = {comp.to_value()!r}: {exc}") from None
+
+    # -- running -----------------------------------------------------------------------
+    def search(self, model: Any, train: Any, validation: Any = None, *, epochs: int | None = None,
+               seed: int | None = None, **kwargs: Any) -> Any:
+        """Run the search on ``model`` and return a :class:`SearchResult`
+        (see :func:`bipeft_core.run.search` for the keyword arguments);
+        ``epochs`` and ``seed`` override the spec's search settings."""
+        from bipeft_core.run import search
+
+        pipe = self
+        changes = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
+        if changes:
+            pipe = attrs.evolve(self, search_settings=attrs.evolve(self.search_settings, **changes))
+        return search(pipe, model, train, validation, **kwargs)
+
+    def retrain(self, model: Any, structure: Any, train: Any, validation: Any = None, test: Any = None,
+                **kwargs: Any) -> Any:
+        """Re-train ``structure`` on a fresh ``model`` (see :func:`bipeft_core.run.retrain`)."""
+        from bipeft_core.run import retrain
+
+        return retrain(self, model, structure, train, validation, test, **kwargs)
+
+    def resolved_space(self) -> Any:
+        space = self.get_plugins().spaces.get(self.space.name)
+        if self.space.ranks is not None:
+            space = space.with_ranks(self.space.ranks)
+        return space
+
+
+def _budget(value: Any) -> Budget:
+    try:
+        return Budget.parse(value)
+    except BudgetError as exc:
+        raise SpecError(f"budget = {value!r}: {exc}") from None
+
+
+def _unknown(field: str, registry: Any, name: str) -> None:
+    try:
+        registry.get(name)
+    except BipeftError as exc:
+        raise SpecError(f"{field} = {name!r}: {exc}") from None

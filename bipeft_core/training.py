@@ -1,0 +1,122 @@
+"""Training utilities shared by every strategy and the re-train: seeded
+splits and loaders, the learning-rate schedule, and a plain training loop
+with best-epoch selection."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from bipeft_core.errors import TrainingError
+
+__all__ = ["default_collate", "default_loss", "linear_schedule", "make_loader", "split_halves", "train_model"]
+
+
+def split_halves(examples: Sequence[Any], *, seed: int) -> tuple[list[Any], list[Any]]:
+    """Two equal halves of the training set (seeded): A trains the weights,
+    B the architecture logits (ALGORITHM.md §3)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    half = len(order) // 2
+    if half == 0:
+        raise TrainingError(f"the training set has {len(examples)} example(s); the search needs at least 2 "
+                            "(it halves them)")
+    return [examples[i] for i in order[:half]], [examples[i] for i in order[half: 2 * half]]
+
+
+def default_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack equal-length features into tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        out[key] = torch.stack([torch.as_tensor(v) for v in values])
+    return out
+
+
+def default_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``model(**batch).loss``: the model's own loss for the labels in the batch."""
+    out = model(**batch)
+    loss = getattr(out, "loss", None)
+    if loss is None:
+        raise TrainingError("the model returned no loss; put the labels in the batch ('labels') "
+                            "or pass loss_fn=")
+    return loss
+
+
+def make_loader(examples: Sequence[Any], batch_size: int, collate: Callable, *, seed: int,
+                shuffle: bool = True) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.0):
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
+    warm = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_model(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    train: Sequence[Any],
+    *,
+    settings: Any,
+    collate: Callable,
+    loss: Callable,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
+    ``settings.epochs``; after each epoch evaluate and keep the best state
+    (by the first metric ``evaluate`` returns). Returns per-epoch metrics,
+    the best epoch and the wall time; the best state is loaded back."""
+    loader = make_loader(train, settings.batch_size, collate, seed=settings.seed, shuffle=True)
+    opt = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = linear_schedule(opt, len(loader) * settings.epochs, settings.warmup_ratio)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    epochs: list[dict[str, float]] = []
+    started = time.perf_counter()
+    names = {id(p): n for n, p in model.named_parameters()}
+    for epoch in range(settings.epochs):
+        model.train()
+        total = 0.0
+        for step, batch in enumerate(loader):
+            opt.zero_grad(set_to_none=True)
+            value = loss(model, batch)
+            if not torch.isfinite(value):
+                raise TrainingError(f"the loss is {float(value)} at epoch {epoch} step {step}; lower the "
+                                    "learning rate (retrain.lr) or check the data")
+            value.backward()
+            if settings.clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
+            opt.step()
+            sched.step()
+            total += float(value)
+        record = {"epoch": epoch, "train_loss": total / max(1, len(loader))}
+        if evaluate is not None:
+            metrics = evaluate(model)
+            record.update(metrics)
+            key = next(iter(metrics))
+            if best is None or metrics[key] > best[0]:
+                best = (metrics[key], epoch, {names[id(p)]: p.detach().clone() for p in params})
+        epochs.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    if best is not None:
+        by_name = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in best[2].items():
+                by_name[n].copy_(v)
+    return {"epochs": epochs, "best_epoch": best[1] if best else settings.epochs - 1,
+            "wall_time": time.perf_counter() - started}

@@ -1,0 +1,129 @@
+"""Declarative pipeline specs: TOML and Python give the same object,
+to_dict round-trips, and invalid specs fail at load time."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bipeft_core import Budget, Pipeline, SpecError
+
+SPEC = textwrap.dedent("""
+    [model]
+    name_or_path = "some/model"
+
+    [budget]
+    value = "1.39bp"
+
+    [space]
+    name = "s2"
+    ranks = [1, 4, 8]
+
+    [search]
+    optimizer = "iterative"
+    sensitivity = { name = "grad_weight_cos", beta = 0.85 }
+    trigger = { name = "budget_stability", window = 5, threshold = 0.85, max_triggers = 100, warmup_epochs = 3 }
+    module_selector = "budget_guided"
+    dimension_selector = "stability_kl"
+    epochs = 20
+    batch_size = 32
+    seed = 42
+
+    [retrain]
+    epochs = 20
+    lr = 3e-4
+""")
+
+
+def write(tmp_path, text, name="spec.toml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_toml_and_python_give_the_same_object(tmp_path, plugins):
+    from_toml = Pipeline.from_toml(write(tmp_path, SPEC), plugins=plugins)
+    in_python = Pipeline(
+        model={"name_or_path": "some/model"},
+        budget=Budget.parse("1.39‱"),
+        space={"name": "s2", "ranks": [1, 4, 8]},
+        optimizer="iterative",
+        sensitivity={"name": "grad_weight_cos", "beta": 0.85},
+        trigger={"name": "budget_stability", "window": 5, "threshold": 0.85, "max_triggers": 100,
+                 "warmup_epochs": 3},
+        module_selector="budget_guided",
+        dimension_selector="stability_kl",
+        search_settings={"epochs": 20, "batch_size": 32, "seed": 42},
+        retrain_settings={"epochs": 20, "lr": 3e-4},
+        plugins=plugins,
+    )
+    assert from_toml == in_python
+    trigger = from_toml.build_component("trigger")
+    assert (trigger.window, trigger.warmup_epochs, trigger.max_triggers) == (5, 3, 100)
+
+
+def test_to_dict_round_trips_through_toml(tmp_path, plugins):
+    pipe = Pipeline.from_toml(write(tmp_path, SPEC), plugins=plugins)
+    assert Pipeline.from_dict(pipe.to_dict(), plugins=plugins) == pipe
+    again = Pipeline.from_toml(write(tmp_path, pipe.to_toml(), "again.toml"), plugins=plugins)
+    assert again == pipe
+
+
+def test_defaults_come_from_the_optimizer(plugins):
+    pipe = Pipeline(budget="0.1%", plugins=plugins)
+    assert pipe.component_name("trigger") == "budget_stability"
+    assert pipe.build_component("sensitivity").beta == 0.85
+
+
+@given(
+    epochs=st.integers(min_value=1, max_value=100),
+    batch=st.integers(min_value=1, max_value=512),
+    lr=st.floats(min_value=1e-6, max_value=1.0),
+    window=st.integers(min_value=1, max_value=20),
+    budget=st.one_of(st.integers(min_value=1, max_value=10**7), st.sampled_from(["0.1%", "1.39bp", "0.5%"])),
+    ranks=st.lists(st.integers(min_value=1, max_value=32), min_size=1, max_size=4, unique=True),
+)
+def test_spec_dict_round_trip(epochs, batch, lr, window, budget, ranks):
+    from bipeft_core import default_plugins
+
+    pl = default_plugins()
+    pipe = Pipeline(budget=budget, space={"name": "s2", "ranks": ranks}, trigger={"name": "budget_stability",
+                    "window": window}, search_settings={"epochs": epochs, "batch_size": batch, "lr": lr},
+                    plugins=pl)
+    assert Pipeline.from_dict(pipe.to_dict(), plugins=pl) == pipe
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("budget = \"0.1%\"\n[search]\ntrigger = \"nope\"\n", "search.trigger = 'nope': unknown trigger 'nope'"),
+        ("budget = \"0.1%\"\n[space]\nname = \"s9\"\n", "space.name = 's9': unknown search space 's9'. Known"),
+        ("budget = \"0%\"\n", "budget = '0%'"),
+        ("budget = -3\n", "at least 1 parameter"),
+        ("budget = \"150%\"\n", "at most 1 (100%)"),
+        ("budget = 0.5\n", "ambiguous budget 0.5"),
+        ("[search]\nepochs = 3\n", "no budget"),
+        ("budget = 100\n[search]\nepochs = 0\n", "search.epochs = 0 is not valid: give a whole number >= 1"),
+        ("budget = 100\n[search]\nepoch = 3\n", "[search] has unknown key(s) ['epoch']"),
+        ("budget = 100\n[serach]\n", "unknown table(s) ['serach']"),
+        ("budget = 100\n[space]\nranks = [0, 4]\n", "rank 0 is not allowed"),
+        ("budget = 100\n[search]\ntrigger = { name = \"budget_stability\", windw = 3 }\n",
+         "budget_stability does not take ['windw']; its parameters are"),
+        ("budget = 100\n[search]\ntrigger = { name = \"budget_stability\", window = 0 }\n",
+         "search.trigger"),
+        ("budget = 100\nthis is not toml\n", "is not valid TOML"),
+    ],
+)
+def test_invalid_specs_fail_at_load_time(tmp_path, plugins, text, message):
+    with pytest.raises(SpecError) as exc:
+        Pipeline.from_toml(write(tmp_path, text), plugins=plugins)
+    assert message in str(exc.value)
+    assert "spec.toml" in str(exc.value)
+
+
+def test_missing_spec_file(tmp_path, plugins):
+    with pytest.raises(SpecError, match="does not exist"):
+        Pipeline.from_toml(tmp_path / "nope.toml", plugins=plugins)
