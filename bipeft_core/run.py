@@ -43,7 +43,15 @@ def check_budget(specs, budget: int) -> None:
 def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Sequence[Any] | None = None, *,
            task: Any = None, loss_fn: Callable | None = None, collate_fn: Callable | None = None,
            evaluate_fn: Callable | None = None, target_map: Any = None, device: Any = None,
-           progress: bool = False) -> SearchResult:
+           progress: bool = False, checkpoint_dir: Any = None, checkpoint_every: int = 50,
+           resume: bool = False) -> SearchResult:
+    """Search a structure for ``model`` on ``train`` (a sequence of examples
+    that ``collate_fn`` turns into a batch; ``task`` = a PreparedTask gives
+    collate, loss and evaluation). With ``checkpoint_dir`` the search writes
+    a checkpoint every ``checkpoint_every`` steps, after each trigger and at
+    each epoch end; ``resume=True`` continues from it."""
+    from bipeft_core.checkpoint import CheckpointManager
+
     plugins = pipeline.get_plugins()
     settings = pipeline.search_settings
     torch.manual_seed(settings.seed)
@@ -66,6 +74,8 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
         settings=settings, train=list(train), collate=collate_fn or default_collate, loss=loss_fn or default_loss,
         hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=pipeline.space.name,
         model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
+        checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
+        resume=resume,
     )
     result = components["optimizer"].search(ctx)
     supernet.detach_hooks()

@@ -158,4 +158,8 @@ class SearchContext:
     model_type: str = ""
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     progress: bool = False
+    checkpoint: Any = None
+    """A :class:`~bipeft_core.checkpoint.CheckpointManager`, or ``None``."""
+    resume: bool = False
+    """Continue from the checkpoint if there is one."""
     started: float = attrs.field(factory=time.perf_counter)

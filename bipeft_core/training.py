@@ -102,7 +102,7 @@ def train_model(
                 torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
             opt.step()
             sched.step()
-            total += float(value)
+            total += float(value.detach())
         record = {"epoch": epoch, "train_loss": total / max(1, len(loader))}
         if evaluate is not None:
             metrics = evaluate(model)

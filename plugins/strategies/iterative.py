@@ -4,6 +4,11 @@ Per weight step on half A of the training set: an architecture step on the
 next batch of half B (binary and dimension stages alternating, starting with
 binary), then the weight step; then the sensitivity update, a β snapshot
 after the warm-up, and the trigger with both selectors.
+
+With a checkpoint manager in the context, the whole search state (logits,
+PEFT and head weights, optimiser and scheduler states, component states,
+trace, data order and every RNG) is saved at step boundaries, and a resumed
+search continues exactly where the checkpoint was taken.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import attrs
 import torch
 
+from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.errors import TrainingError
 from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import repair_to_budget, structure_count
@@ -24,7 +30,9 @@ from bipeft_core.training import linear_schedule, make_loader, split_halves
 GATE_GRADIENTS = ("straight_through", "sampled_only")
 
 
-def _products(supernet) -> list[list[torch.Tensor | None] | None]:
+def products(supernet) -> list[list[torch.Tensor | None] | None]:
+    """Per module, ``θ ⊙ ∂L/∂θ`` for each of its tensors (``None`` for a
+    tensor without gradient; ``None`` for a module not computed at all)."""
     out: list[list[torch.Tensor | None] | None] = []
     for m in supernet.peft:
         prods = [(p.detach() * p.grad) if p.grad is not None else None for p in m.parameters()]
@@ -32,12 +40,45 @@ def _products(supernet) -> list[list[torch.Tensor | None] | None]:
     return out
 
 
-def _check_finite(loss: torch.Tensor, where: str, step: int) -> None:
+def check_finite(loss: torch.Tensor, where: str, step: int) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(
-            f"the loss is {float(loss)} at {where} step {step}; lower the learning rate (search.lr), "
+            f"the loss is {float(loss.detach())} at {where} step {step}; lower the learning rate (search.lr), "
             "check the data for empty or broken examples, or use float32"
         )
+
+
+def trainable_state(sn) -> dict[str, torch.Tensor]:
+    """The supernet's trainable and search state (not the frozen backbone)."""
+    out = {f"peft.{k}": v.detach().clone() for k, v in sn.peft.state_dict().items()}
+    out.update(alpha=sn.alpha.detach().clone(), beta=sn.beta.detach().clone(), pruned=sn.pruned.clone(),
+               fixed_rank=sn.fixed_rank.clone())
+    for i, p in enumerate(sn.head_params):
+        out[f"head.{i}"] = p.detach().clone()
+    return out
+
+
+@torch.no_grad()
+def load_trainable_state(sn, state: dict[str, torch.Tensor]) -> None:
+    sn.peft.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("peft.")})
+    sn.alpha.copy_(state["alpha"])
+    sn.beta.copy_(state["beta"])
+    sn.pruned.copy_(state["pruned"])
+    sn.fixed_rank.copy_(state["fixed_rank"])
+    for i, p in enumerate(sn.head_params):
+        p.copy_(state[f"head.{i}"])
+
+
+@attrs.define
+class _Cursor:
+    """Where the loop is, and what it needs to replay the data order."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    stage: str = "binary"
+    gen_a_state: torch.Tensor | None = None
+    gen_b_state: torch.Tensor | None = None
+    b_consumed: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -49,7 +90,8 @@ class Iterative(Optimizer):
     ``straight_through`` (a module sampled off is still computed, with
     detached weights, so its gate gets a gradient) or ``sampled_only`` (the
     authors' cheaper variant). ``noise=False`` uses the hard softmax instead
-    of Gumbel samples.
+    of Gumbel samples. ``stop_when_spent``: end the search once the triggers
+    are spent (else train on to the last epoch).
     """
 
     name = "iterative"
@@ -74,22 +116,22 @@ class Iterative(Optimizer):
         """``T = 5 − 4·epoch/E`` by default: constant within an epoch."""
         return self.temperature_start - (self.temperature_start - self.temperature_end) * epoch / epochs
 
+    # -- the loop ----------------------------------------------------------------------
     def search(self, ctx) -> SearchResult:
         s = ctx.settings
         sn = ctx.supernet
-        sens = ctx.components["sensitivity"]
-        trigger = ctx.components["trigger"]
-        msel = ctx.components["module_selector"]
-        dsel = ctx.components["dimension_selector"]
+        comps = ctx.components
+        sens, trigger, msel, dsel = (comps[k] for k in
+                                     ("sensitivity", "trigger", "module_selector", "dimension_selector"))
         half_a, half_b = split_halves(ctx.train, seed=s.seed)
         loader_a = make_loader(half_a, s.batch_size, ctx.collate, seed=s.seed, shuffle=True)
         loader_b = make_loader(half_b, s.batch_size, ctx.collate, seed=s.seed + 1, shuffle=True)
+        gen_a, gen_b = loader_a.generator, loader_b.generator
         steps_per_epoch = len(loader_a)
-        total_steps = steps_per_epoch * s.epochs
         gates = torch.Generator().manual_seed(s.seed)
         weights = sn.peft_parameters() + list(sn.head_params)
         opt_w = torch.optim.AdamW(weights, lr=s.lr, weight_decay=s.weight_decay)
-        sched = linear_schedule(opt_w, total_steps, s.warmup_ratio)
+        sched = linear_schedule(opt_w, steps_per_epoch * s.epochs, s.warmup_ratio)
         opt_a = torch.optim.Adam(sn.arch_parameters(), lr=self.arch_lr, betas=self.arch_betas,
                                  weight_decay=self.arch_weight_decay)
         state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=steps_per_epoch)
@@ -98,89 +140,177 @@ class Iterative(Optimizer):
         trigger.reset(state)
         dsel.reset(state)
         state.scores = sens.scores
+        cursor = _Cursor()
+        trace: list[TriggerEvent] = []
+        history: list[dict[str, Any]] = []
+        elapsed_before = 0.0
+        ckpt = getattr(ctx, "checkpoint", None)
+        resumed = False
+        if ckpt is not None and getattr(ctx, "resume", False) and ckpt.exists():
+            data = ckpt.load()
+            self._check_checkpoint(data, ctx)
+            load_trainable_state(sn, data["supernet"])
+            opt_w.load_state_dict(data["opt_w"])
+            opt_a.load_state_dict(data["opt_a"])
+            sched.load_state_dict(data["sched"])
+            for kind in ("sensitivity", "trigger", "module_selector", "dimension_selector"):
+                comps[kind].load_state_dict(data["components"][kind])
+            st = data["state"]
+            state.step, state.triggers_left = st["step"], st["triggers_left"]
+            state.expected_sizes, state.last_delta, state.last_expected = (
+                st["expected_sizes"], st["last_delta"], st["last_expected"])
+            state.scores = sens.scores
+            cursor = _Cursor(**data["cursor"])
+            trace = [TriggerEvent(**{**e, "pruned": tuple(e["pruned"]), "fixed": tuple(map(tuple, e["fixed"]))})
+                     for e in data["trace"]]
+            history = list(data["history"])
+            gates.set_state(data["rng"]["gates"])
+            torch.set_rng_state(data["rng"]["torch"])
+            elapsed_before = data["elapsed"]
+            resumed = True
         warmup = float(getattr(trigger, "warmup_epochs", 0.0))
         if ctx.hook is not None:
             ctx.hook.bipeft_before_search(context=ctx)
-        trace: list[TriggerEvent] = []
-        history: list[dict[str, Any]] = []
         control = Control()
-        stage = "binary"
-        started = time.perf_counter()
-        iter_b = iter(loader_b)
-        done = False
-        for epoch in range(s.epochs):
-            temp = self.temperature(epoch, s.epochs)
-            for batch_a in loader_a:
-                t0 = time.perf_counter()
+        started = time.perf_counter() - elapsed_before
+
+        def save() -> None:
+            if ckpt is None:
+                return
+            ckpt.save({
+                "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget, "seed": s.seed,
+                "supernet": trainable_state(sn), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
+                "sched": sched.state_dict(),
+                "components": {k: comps[k].state_dict() for k in
+                               ("sensitivity", "trigger", "module_selector", "dimension_selector")},
+                "state": {"step": state.step, "triggers_left": state.triggers_left,
+                          "expected_sizes": state.expected_sizes, "last_delta": state.last_delta,
+                          "last_expected": state.last_expected},
+                "cursor": attrs.asdict(cursor), "trace": [e.to_dict() for e in trace], "history": history,
+                "rng": {"gates": gates.get_state(), "torch": torch.get_rng_state()},
+                "elapsed": time.perf_counter() - started,
+            })
+
+        # replay the data order up to the cursor
+        it_b = None
+        if cursor.gen_b_state is not None:
+            gen_b.set_state(cursor.gen_b_state)
+            it_b = iter(loader_b)
+            for _ in range(cursor.b_consumed):
+                next(it_b)
+
+        def next_b():
+            nonlocal it_b
+            if it_b is not None:
                 try:
-                    batch_b = next(iter_b)
+                    batch = next(it_b)
+                    cursor.b_consumed += 1
+                    return batch
                 except StopIteration:
-                    iter_b = iter(loader_b)
-                    batch_b = next(iter_b)
-                batch_a = {k: v.to(ctx.device) for k, v in batch_a.items()}
-                batch_b = {k: v.to(ctx.device) for k, v in batch_b.items()}
-                # -- architecture step on half B ------------------------------------
-                sn.zero_grad(set_to_none=True)
-                sn.train()
-                sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient,
-                             noise=self.noise)
-                loss_b = ctx.loss(sn, batch_b)
-                _check_finite(loss_b, "architecture", state.step)
-                logits = sn.alpha if stage == "binary" else sn.beta
-                if self.regularizer:
-                    theta = logits if stage == "binary" else sn.masked_beta().masked_fill(~sn.cand_valid, 0.0)
-                    loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
-                loss_b.backward()
-                val_products = _products(sn)
-                frozen_alpha = sn.pruned.clone()
-                frozen_beta = sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix
-                saved_a, saved_b = sn.alpha.detach().clone(), sn.beta.detach().clone()
-                if stage == "binary":
-                    sn.beta.grad = None
-                else:
-                    sn.alpha.grad = None
-                opt_a.step()
-                with torch.no_grad():
-                    sn.alpha[frozen_alpha] = saved_a[frozen_alpha]
-                    sn.beta[frozen_beta] = saved_b[frozen_beta]
-                    if stage == "binary":
-                        sn.beta.copy_(saved_b)
-                    else:
-                        sn.alpha.copy_(saved_a)
-                stage = "dimension" if stage == "binary" else "binary"
-                # -- weight step on half A ------------------------------------------
-                sn.zero_grad(set_to_none=True)
-                sn.configure("weight", temperature=temp, generator=gates, noise=self.noise)
-                loss_a = ctx.loss(sn, batch_a)
-                _check_finite(loss_a, "weight", state.step)
-                loss_a.backward()
-                sn.alpha.grad = None
-                sn.beta.grad = None
-                if s.clip_norm:
-                    torch.nn.utils.clip_grad_norm_([p for p in weights if p.grad is not None], s.clip_norm)
-                train_products = _products(sn)
-                opt_w.step()
-                sched.step()
-                sens.observe(train=train_products, val=val_products, active=~sn.pruned)
-                state.step += 1
-                state.scores = sens.scores
-                if state.epoch >= warmup:
-                    dsel.observe(state)
-                if trigger.should_fire(state):
-                    trace.append(self._fire(state, msel, dsel, ctx, started, len(trace)))
-                history.append({
-                    "step": state.step, "epoch": round(state.epoch, 4), "loss": float(loss_a.detach()),
-                    "expected_size": float(self._expected(sn)), "remaining": int((~sn.pruned).sum()),
-                    "triggers_left": state.triggers_left, "step_time": time.perf_counter() - t0,
-                })
+                    pass
+            cursor.gen_b_state = gen_b.get_state()
+            it_b = iter(loader_b)
+            cursor.b_consumed = 1
+            return next(it_b)
+
+        done = self.stop_when_spent and state.triggers_left <= 0 and state.step > 0
+        while not done and cursor.epoch < s.epochs:
+            temp = self.temperature(cursor.epoch, s.epochs)
+            if resumed and cursor.gen_a_state is not None:
+                gen_a.set_state(cursor.gen_a_state)
+            else:
+                cursor.gen_a_state = gen_a.get_state()
+                cursor.batch_in_epoch = 0
+            resumed = False
+            it_a = iter(loader_a)
+            for _ in range(cursor.batch_in_epoch):
+                next(it_a)
+            for batch_a in it_a:
+                t0 = time.perf_counter()
+                batch_b = next_b()
+                fired = self._iteration(ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched,
+                                        weights, warmup, trace, history, started)
+                cursor.batch_in_epoch += 1
+                history[-1]["step_time"] = time.perf_counter() - t0
                 if ctx.hook is not None:
                     ctx.hook.bipeft_after_step(state=state, control=control)
+                if fired or state.step % (ckpt.every if ckpt else 1) == 0:
+                    save()
                 if control.stop_requested or (self.stop_when_spent and state.triggers_left <= 0):
                     done = True
                     break
-            if done:
-                break
+            if not done:
+                cursor.epoch += 1
+                cursor.batch_in_epoch = 0
+                cursor.gen_a_state = None
+                save()
         return self._finish(ctx, state, trace, history, started, control)
+
+    def _iteration(self, ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
+                   warmup, trace, history, started) -> bool:
+        sn = ctx.supernet
+        s = ctx.settings
+        comps = ctx.components
+        batch_a = {k: v.to(ctx.device) for k, v in batch_a.items()}
+        batch_b = {k: v.to(ctx.device) for k, v in batch_b.items()}
+        stage = cursor.stage
+        # -- architecture step on half B --------------------------------------------
+        sn.zero_grad(set_to_none=True)
+        sn.train()
+        sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient, noise=self.noise)
+        loss_b = ctx.loss(sn, batch_b)
+        check_finite(loss_b, "architecture", state.step)
+        if self.regularizer:
+            theta = sn.alpha if stage == "binary" else sn.beta.masked_fill(~sn.cand_valid, 0.0)
+            loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
+        loss_b.backward()
+        val_products = products(sn)
+        stepped, other = (sn.alpha, sn.beta) if stage == "binary" else (sn.beta, sn.alpha)
+        frozen = sn.pruned if stage == "binary" else (sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix)
+        saved = stepped.detach()[frozen].clone()
+        other.grad = None
+        opt_a.step()
+        with torch.no_grad():
+            stepped[frozen] = saved
+        cursor.stage = "dimension" if stage == "binary" else "binary"
+        # -- weight step on half A --------------------------------------------------
+        sn.zero_grad(set_to_none=True)
+        sn.configure("weight", temperature=temp, generator=gates, noise=self.noise)
+        loss_a = ctx.loss(sn, batch_a)
+        check_finite(loss_a, "weight", state.step)
+        loss_a.backward()
+        sn.alpha.grad = None
+        sn.beta.grad = None
+        if s.clip_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in weights if p.grad is not None], s.clip_norm)
+        train_products = products(sn)
+        opt_w.step()
+        sched.step()
+        comps["sensitivity"].observe(train=train_products, val=val_products, active=~sn.pruned)
+        state.step += 1
+        state.scores = comps["sensitivity"].scores
+        if state.epoch >= warmup:
+            comps["dimension_selector"].observe(state)
+        fired = False
+        if comps["trigger"].should_fire(state):
+            trace.append(self._fire(state, comps["module_selector"], comps["dimension_selector"], ctx, started,
+                                    len(trace)))
+            fired = True
+        history.append({
+            "step": state.step, "epoch": round(state.epoch, 4), "loss": float(loss_a.detach()),
+            "arch_loss": float(loss_b.detach()), "expected_size": self._expected(sn),
+            "remaining": int((~sn.pruned).sum()), "triggers_left": state.triggers_left,
+        })
+        return fired
+
+    @staticmethod
+    def _check_checkpoint(data: dict[str, Any], ctx) -> None:
+        ids = [m.id for m in ctx.specs]
+        if data.get("spec_ids") != ids or data.get("budget") != ctx.budget or data.get("seed") != ctx.settings.seed:
+            raise CheckpointError(
+                "the checkpoint belongs to another search (its modules, budget or seed differ from this one's); "
+                "resume with the spec and model that wrote it, or start a new search in another folder"
+            )
 
     @staticmethod
     def _expected(sn) -> float:
@@ -225,8 +355,7 @@ class Iterative(Optimizer):
             notes.append(f"the epochs ran out with {state.triggers_left} triggers left")
         if control.stop_requested:
             notes.append(f"stopped early: {control.reason}")
-        scores = state.scores.tolist()
-        repaired, log = repair_to_budget(ctx.specs, choices, scores, ctx.budget)
+        repaired, log = repair_to_budget(ctx.specs, choices, state.scores.tolist(), ctx.budget)
         count = structure_count(ctx.specs, repaired)
         structure = Structure.from_choices(ctx.specs, repaired, space=ctx.space_name, model_type=ctx.model_type,
                                            backbone_params=ctx.backbone_params, budget=ctx.budget)
@@ -236,5 +365,3 @@ class Iterative(Optimizer):
             steps=state.step, budget_met=count <= ctx.budget, repaired=bool(log), repair_log=tuple(log),
             notes=tuple(notes), history=tuple(history),
         )
-
-

@@ -1,0 +1,382 @@
+"""The BIPEFT search: components against hand-computed values, properties,
+end-to-end runs on tiny models, and checkpoint/resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bipeft_core import BudgetError, Pipeline, TrainingError, hookimpl, load_plugins
+from bipeft_core.checkpoint import CheckpointError
+from bipeft_core.repair import repair_to_budget, structure_count
+from bipeft_core.state import SearchState
+from bipeft_core.supernet import Supernet
+from bipeft_core.targets import find_target_map
+from bipeft_core.testing import tiny_model
+from bipeft_plugins.strategies.bipeft import (
+    BudgetGuided,
+    BudgetStability,
+    GradWeightCos,
+    StabilityKL,
+    expected_sizes,
+)
+
+
+def synthetic(n: int, *, length: int = 8, seed: int = 0, t5: bool = False) -> list[dict[str, torch.Tensor]]:
+    """A learnable toy task: the label is whether the first token is in the upper half of the vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(2, 128, (length,), generator=g)
+        label = int(ids[0] > 64)
+        row = {"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long)}
+        row["labels"] = torch.tensor([10 + label, 1]) if t5 else torch.tensor(label)
+        rows.append(row)
+    return rows
+
+
+def supernet_for(family="bert", space="s2"):
+    pl = load_plugins(entry_points=False)
+    model = tiny_model(family)
+    specs = pl.spaces.get(space).modules(model, find_target_map(model, pl.target_maps), pl.peft_modules)
+    return Supernet(model, specs, pl.peft_modules, generator=torch.Generator().manual_seed(0)), specs
+
+
+# -- sensitivity (Eq. 1-4) -------------------------------------------------------------------
+
+
+def test_sensitivity_matches_hand_computation():
+    theta = torch.tensor([1.0, 2.0])
+    s_tr = theta * torch.tensor([0.5, -1.0])  # [0.5, -2]
+    s_val = theta * torch.tensor([1.0, 1.0])  # [1, 2]
+    est = GradWeightCos()
+    n = 2.0
+    i_tr, i_val = 2.5, 3.0
+    cos = (0.5 * 1 - 2 * 2) / (math.hypot(0.5, 2) * math.hypot(1, 2))
+    expected = i_tr / n + cos * i_val / n
+    assert est.score_of([s_tr], [s_val], n) == pytest.approx(expected)
+
+    class Spec:
+        max_count = 2
+
+    est.reset([Spec(), Spec()])
+    est.observe(train=[[s_tr], None], val=[[s_val], [s_val]], active=torch.tensor([True, True]))
+    assert float(est.scores[0]) == pytest.approx(0.15 * expected)
+    # a module with no training products: zeros, cosine with a zero vector is 0 (never NaN)
+    assert float(est.scores[1]) == pytest.approx(0.15 * (0 + 0 * 3 / 2))
+    est.observe(train=[[s_tr], [s_tr]], val=[[s_val], [s_val]], active=torch.tensor([True, False]))
+    assert float(est.scores[0]) == pytest.approx(0.85 * 0.15 * expected + 0.15 * expected)
+    assert float(est.scores[1]) == 0.0  # inactive (pruned) modules are not updated
+
+
+@pytest.mark.parametrize("criterion, value", [("train", 2.5 / 2), ("val", 3 / 2), ("sum", 5.5 / 2)])
+def test_sensitivity_criteria(criterion, value):
+    s_tr, s_val = torch.tensor([0.5, -2.0]), torch.tensor([1.0, 2.0])
+    assert GradWeightCos(criterion=criterion).score_of([s_tr], [s_val], 2.0) == pytest.approx(value)
+
+
+def test_sensitivity_rejects_bad_parameters():
+    with pytest.raises(ValueError):
+        GradWeightCos(beta=1.5)
+    with pytest.raises(ValueError):
+        GradWeightCos(criterion="magic")
+
+
+# -- trigger (Eq. 5) -------------------------------------------------------------------------
+
+
+class FakeSupernet:
+    def __init__(self, n):
+        self.pruned = torch.zeros(n, dtype=torch.bool)
+
+
+def fake_state(sizes, budget, scores, steps_per_epoch=1):
+    specs = [type("S", (), {"max_count": s})() for s in sizes]
+    st_ = SearchState(supernet=FakeSupernet(len(sizes)), specs=specs, budget=budget, steps_per_epoch=steps_per_epoch)
+    st_.expected_sizes = torch.tensor(sizes, dtype=torch.float64)
+    st_.scores = torch.tensor(scores, dtype=torch.float64)
+    return st_
+
+
+def test_trigger_indicator_fills_budget_skipping_what_does_not_fit():
+    state = fake_state([5, 4, 3, 2], budget=8, scores=[4.0, 3.0, 2.0, 1.0])
+    trig = BudgetStability(window=2, warmup_epochs=0)
+    trig.reset(state)
+    # by score: 5 (fits, 5), 4 (9 > 8, skip), 3 (8, fits), 2 (10, skip)
+    assert trig.indicator(state).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_trigger_fires_on_a_stable_history_and_not_during_warmup():
+    state = fake_state([5, 4, 3, 2], budget=8, scores=[4.0, 3.0, 2.0, 1.0], steps_per_epoch=10)
+    trig = BudgetStability(window=3, threshold=0.85, warmup_epochs=0.5)
+    trig.reset(state)
+    assert state.triggers_left == 100
+    fired = []
+    for step in range(1, 12):
+        state.step = step
+        fired.append(trig.should_fire(state))
+    # warm-up until epoch 0.5 (step 5); indicators recorded from step 5 on; step 8 is the first
+    # with 3 earlier ones, and the history is not cleared, so it fires on every later step
+    assert fired == [False] * 7 + [True] * 4
+
+
+def test_trigger_does_not_fire_when_the_indicator_keeps_changing():
+    state = fake_state([4, 4, 4, 4], budget=8, scores=[4.0, 3.0, 2.0, 1.0])
+    trig = BudgetStability(window=2, threshold=0.85, warmup_epochs=0)
+    trig.reset(state)
+    orders = [[4, 3, 2, 1], [1, 2, 3, 4], [4, 3, 2, 1], [1, 2, 3, 4], [4, 3, 2, 1]]
+    out = []
+    for step, scores in enumerate(orders, 1):
+        state.step = step
+        state.scores = torch.tensor(scores, dtype=torch.float64)
+        out.append(trig.should_fire(state))
+    # indicators alternate [1,1,0,0] / [0,0,1,1]: mean cosine 0.5 < 0.85
+    assert out == [False] * 5
+
+
+# -- module selection (Eq. 6-8) -------------------------------------------------------------
+
+
+def test_module_selection_delta_and_walk_by_hand():
+    sn, specs = supernet_for("bert")
+    n = len(specs)
+    with torch.no_grad():
+        sn.alpha.zero_()  # π = 0.5 everywhere
+        sn.beta.zero_()  # uniform rank weights
+    state = SearchState(supernet=sn, specs=specs, budget=1000, steps_per_epoch=1)
+    state.triggers_left = 20
+    state.scores = torch.arange(n, dtype=torch.float64)  # module 0 least sensitive
+    per = []
+    for s in specs:
+        per.append(sum(s.counts) / len(s.counts) if s.is_matrix else s.counts[0])
+    e = sum(0.5 * p for p in per)
+    delta = (e - 1000) / 20
+    pruned = BudgetGuided().select(state)
+    assert state.last_expected == pytest.approx(e)
+    assert state.last_delta == pytest.approx(delta)
+    walk = [0.5 * p if s.is_matrix else p for s, p in zip(specs, per)]
+    removed, expect = 0.0, []
+    for i in range(n):
+        if removed > delta:
+            break
+        if i == 0 or removed + walk[i] <= delta:
+            expect.append(i)
+            removed += walk[i]
+    assert pruned == expect and pruned[0] == 0
+
+
+def test_module_selection_prunes_nothing_under_budget():
+    sn, specs = supernet_for("bert")
+    state = SearchState(supernet=sn, specs=specs, budget=10**9, steps_per_epoch=1)
+    state.triggers_left = 5
+    state.scores = torch.zeros(len(specs), dtype=torch.float64)
+    assert BudgetGuided().select(state) == []
+
+
+def test_expected_size_equals_exact_size_when_weights_are_one_hot():
+    sn, specs = supernet_for("bert")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        keep = torch.rand(len(specs), generator=g) > 0.5
+        sn.alpha.copy_(torch.stack([torch.where(keep, -1e4, 1e4), torch.where(keep, 1e4, -1e4)], 1))
+        sn.beta.copy_(torch.randn(sn.beta.shape, generator=g) * 1e4)
+    expected, _ = expected_sizes(sn, use_keep_prob=True)
+    ranks = sn.argmax_rank().tolist()
+    exact = sum(s.count(ranks[i] if s.is_matrix else None) for i, s in enumerate(specs) if keep[i])
+    assert float(expected.sum()) == pytest.approx(exact)
+
+
+# -- rank selection (Eq. 9-10) --------------------------------------------------------------
+
+
+def test_rank_selection_n_fix_and_dsi_by_hand():
+    sn, specs = supernet_for("bert")
+    matrix = [i for i, s in enumerate(specs) if s.is_matrix]
+    state = SearchState(supernet=sn, specs=specs, budget=1000, steps_per_epoch=1)
+    sel = StabilityKL()
+    sel.reset(state)
+    g = torch.Generator().manual_seed(0)
+    snaps = []
+    for _ in range(3):
+        with torch.no_grad():
+            sn.beta.add_(torch.randn(sn.beta.shape, generator=g) * 0.5)
+        snaps.append(sn.beta.detach().clone())
+        sel.observe(state)
+    state.triggers_left = 4
+    fixed = sel.select(state)
+    # g = cos(first, last potential dims); n_fix = floor(g * M_u / K')
+    def dims(beta):
+        idx = beta.masked_fill(~sn.cand_valid, float("-inf")).argmax(-1)
+        d = sn.cand_ranks.gather(1, idx[:, None])[:, 0].double()
+        return torch.where(sn.is_matrix, d, torch.zeros_like(d))
+
+    a, b = dims(snaps[0]), dims(snaps[-1])
+    gsim = float(torch.dot(a, b) / (a.norm() * b.norm()))
+    n_fix = math.floor(gsim * len(matrix) / 4)
+    assert len(fixed) == n_fix
+    dsi = {}
+    for i in matrix:
+        v = sn.cand_valid[i]
+        stack = torch.stack([s[i, v] for s in snaps]).double()
+        p0, p1 = stack[0].softmax(-1), stack[-1].softmax(-1)
+        dsi[i] = float(stack.std(0, unbiased=False).mean()) * float((p1 * (p1.log() - p0.log())).sum())
+    assert sorted(fixed) == sorted(sorted(matrix, key=lambda i: (dsi[i], i))[:n_fix])
+    ranks = sn.argmax_rank()
+    assert all(r == int(ranks[i]) for i, r in fixed.items())
+    # history is cleared: fewer than 2 snapshots fixes nothing
+    assert sel.select(state) == {}
+
+
+def test_rank_selection_fixes_all_on_the_penultimate_trigger_and_none_on_the_last():
+    sn, specs = supernet_for("bert")
+    state = SearchState(supernet=sn, specs=specs, budget=1000, steps_per_epoch=1)
+    sel = StabilityKL()
+    for _ in range(2):
+        sel.observe(state)
+    state.triggers_left = 1
+    assert len(sel.select(state)) == sum(s.is_matrix for s in specs)
+    for _ in range(2):
+        sel.observe(state)
+    state.triggers_left = 0
+    assert sel.select(state) == {}
+
+
+# -- budget repair -----------------------------------------------------------------------
+
+
+@st.composite
+def repair_cases(draw):
+    _, specs = SPECS
+    keep = draw(st.lists(st.booleans(), min_size=len(specs), max_size=len(specs)))
+    choices = {i: (draw(st.sampled_from(s.ranks)) if s.is_matrix else None) for i, s in enumerate(specs) if keep[i]}
+    scores = draw(st.lists(st.floats(0, 1), min_size=len(specs), max_size=len(specs)))
+    budget = draw(st.integers(min_value=min(min(s.counts) for s in specs), max_value=5000))
+    return specs, choices, scores, budget
+
+
+SPECS = supernet_for("bert")
+
+
+@given(repair_cases())
+def test_repair_never_exceeds_budget_and_only_lowers_or_removes(case):
+    specs, choices, scores, budget = case
+    out, log = repair_to_budget(specs, choices, scores, budget)
+    assert structure_count(specs, out) <= budget
+    assert set(out) <= set(choices)
+    assert all(out[i] is None or out[i] <= choices[i] for i in out)
+    if structure_count(specs, choices) <= budget:
+        assert out == choices and log == []
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def pipeline(budget, **kw):
+    return Pipeline(budget=budget, trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 20},
+                    search_settings={"epochs": 4, "batch_size": 16, "lr": 1e-3},
+                    retrain_settings={"epochs": 1, "batch_size": 16}, plugins=load_plugins(entry_points=False), **kw)
+
+
+class PrunedRecorder:
+    def __init__(self):
+        self.masks = []
+
+    @hookimpl
+    def bipeft_after_step(self, state, control):
+        self.masks.append(state.pruned.clone())
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_search_reaches_budget_and_retrain_matches_count(family):
+    train = synthetic(192, t5=family == "t5")
+    pipe = pipeline(1500)
+    rec = PrunedRecorder()
+    pipe = pipe.evolve(plugins=load_plugins([rec], entry_points=False))
+    result = pipe.search(tiny_model(family), train)
+    assert result.count <= result.budget == 1500
+    assert result.budget_met and result.trace
+    assert result.structure.count() == result.count
+    # pruning is monotone: nothing comes back
+    for a, b in zip(rec.masks, rec.masks[1:]):
+        assert not (a & ~b).any()
+    retrained = pipe.retrain(tiny_model(family), result.structure, train)
+    assert retrained.peft_params == result.count
+
+
+def test_same_seed_same_structure_and_other_seed_differs():
+    train = synthetic(160)
+    a = pipeline(1500).search(tiny_model("bert"), train)
+    b = pipeline(1500).search(tiny_model("bert"), train)
+    c = pipeline(1500).search(tiny_model("bert"), train, seed=7)
+    assert a.structure == b.structure and a.history == tuple(
+        {**h, "step_time": a.history[i]["step_time"]} for i, h in enumerate(b.history))
+    assert c.structure != a.structure
+
+
+@settings(max_examples=4)
+@given(budget=st.integers(min_value=400, max_value=6000))
+def test_final_structure_never_exceeds_budget(budget):
+    result = pipeline(budget).search(tiny_model("bert"), synthetic(96))
+    assert result.count <= budget
+
+
+def test_budget_outside_the_space_is_an_error():
+    with pytest.raises(BudgetError, match="below the smallest module"):
+        pipeline(5).search(tiny_model("bert"), synthetic(32))
+    with pytest.raises(BudgetError, match="holds the whole space"):
+        pipeline("100%").search(tiny_model("bert"), synthetic(32))
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    def nan_loss(model, batch):
+        return model(**batch).loss * float("nan")
+
+    with pytest.raises(TrainingError, match="the loss is nan at architecture step 0"):
+        pipeline(1500).search(tiny_model("bert"), synthetic(32), loss_fn=nan_loss)
+
+
+# -- checkpoint and resume -------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+class InterruptAt:
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def bipeft_after_step(self, state, control):
+        if state.step == self.step:
+            raise Boom()
+
+
+@pytest.mark.parametrize("at", [5, 17])
+def test_resume_reaches_the_same_structure(tmp_path, at):
+    train = synthetic(192)
+    ref = pipeline(1500).search(tiny_model("bert"), train)
+    interrupted = pipeline(1500).evolve(plugins=load_plugins([InterruptAt(at)], entry_points=False))
+    with pytest.raises(Boom):
+        interrupted.search(tiny_model("bert"), train, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert (tmp_path / "search-checkpoint.pt").is_file()
+    resumed = pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, checkpoint_every=2,
+                                    resume=True)
+    assert resumed.structure == ref.structure
+    assert [e.pruned for e in resumed.trace] == [e.pruned for e in ref.trace]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history]
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    train = synthetic(64)
+    (tmp_path / "search-checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
+    (tmp_path / "search-checkpoint.pt").unlink()
+    pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="belongs to another search"):
+        pipeline(1200).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
