@@ -74,9 +74,15 @@ class StructureEntry:
                 ranks=tuple(d["ranks"]), counts=tuple(d["counts"]), options=d.get("options", {}),
             )
             entry = cls(spec=spec, rank=d["rank"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise StructureError(f"structure entry {index} is malformed (missing or wrong {exc}); "
                                  "was the file written by bipeft?") from None
+        if len(spec.counts) != max(1, len(spec.ranks)) or (
+            entry.rank not in spec.ranks if spec.is_matrix else entry.rank is not None
+        ):
+            raise StructureError(f"structure entry {spec.id}: rank {entry.rank!r} does not fit its candidate "
+                                 f"ranks {list(spec.ranks)} and counts {list(spec.counts)}; the file was edited "
+                                 "or is corrupt")
         if d.get("count") is not None and d["count"] != entry.count:
             raise StructureError(f"structure entry {d['id']}: stored count {d['count']} does not match "
                                  f"its rank's count {entry.count}; the file was edited or is corrupt")
@@ -172,12 +178,14 @@ class Structure:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Structure:
-        if d.get("format") != "bipeft-structure":
+        if not isinstance(d, Mapping) or d.get("format") != "bipeft-structure":
             raise StructureError("not a bipeft structure (no 'format': 'bipeft-structure'); "
                                  "give a structure.json written by bipeft")
         if d.get("version", 0) > FORMAT_VERSION:
             raise StructureError(f"structure format version {d['version']} is newer than this bipeft "
                                  f"({FORMAT_VERSION}); upgrade bipeft")
+        if not isinstance(d.get("entries", []), list):
+            raise StructureError("structure 'entries' must be a list of modules; the file was edited or is corrupt")
         entries = tuple(StructureEntry.from_dict(e, i) for i, e in enumerate(d.get("entries", [])))
         s = cls(entries=entries, space=d.get("space", ""), model_type=d.get("model_type", ""),
                 backbone_params=d.get("backbone_params"), budget=d.get("budget"))

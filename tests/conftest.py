@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=30, deadline=None)
@@ -25,6 +26,10 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tests use tiny models, whose small matmuls run faster on one thread (and
+# do not fight over the cores when other jobs run).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
