@@ -1,0 +1,30 @@
+"""Spearman rank correlation coefficient (an ``evaluate`` metric script shipped with bipeft)."""
+
+import datasets
+import evaluate
+
+from ._functions import spearmanr
+
+_DESCRIPTION = "Spearman's rho: Pearson's r of the ranks, ties averaged (scipy.stats.spearmanr's statistic)."
+_KWARGS = """
+Args:
+    predictions (list of float): predicted values.
+    references (list of float): true values.
+Returns:
+    spearmanr (float): in [-1, 1]; NaN when either input is constant.
+"""
+
+
+class Spearmanr(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features(
+                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        return {"spearmanr": spearmanr(predictions, references)}
