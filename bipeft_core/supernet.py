@@ -15,6 +15,14 @@ for one of the modes:
                rank weights ~ GumbelHard(β) mixed as a rank mask.
 ``eval``       deterministic: keep = argmax α, rank = fixed or argmax β.
 ``all_on``     every unpruned module on at its largest rank, no gates.
+``joint``      α and β together (the ablation "disentangled without
+               iteration"): gate ~ GumbelHard(α) and rank weights ~
+               GumbelHard(β), both with straight-through gradients.
+
+With ``entangled = True`` (the ablation "entangled space") a matrix module
+has one joint distribution over {0} ∪ C with logits ``[α_drop, β_1..β_C]``:
+``weight``, ``joint`` and ``eval`` sample (or take the argmax of) that
+distribution, rank 0 meaning off; the keep probability is ``1 − p(0)``.
 
 Pruned modules are always skipped: no compute, no memory.
 """
@@ -32,7 +40,7 @@ from bipeft_core.space import ModuleSpec
 
 __all__ = ["MODES", "Supernet", "gumbel_hard", "trainable_head_parameters"]
 
-MODES = ("weight", "binary", "dimension", "eval", "all_on")
+MODES = ("weight", "binary", "dimension", "eval", "all_on", "joint")
 FROZEN_HEADS = ("lm_head", "cls")
 
 
@@ -127,6 +135,7 @@ class Supernet(nn.Module):
         self.register_buffer("pruned", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("fixed_rank", torch.full((n,), -1, dtype=torch.long))
         self.mode = "all_on"
+        self.entangled = False
 
     # -- reading ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -153,7 +162,38 @@ class Supernet(nn.Module):
         return w
 
     def keep_probability(self) -> torch.Tensor:
-        return self.alpha.detach().softmax(-1)[:, 1]
+        """``π = softmax(α)[keep]``; in the entangled space, ``1 − p(rank 0)``
+        of the joint distribution for matrix modules."""
+        pi = self.alpha.detach().softmax(-1)[:, 1]
+        if self.entangled:
+            joint = self.joint_logits().detach().softmax(-1)[:, 0]
+            pi = torch.where(self.is_matrix, 1.0 - joint, pi)
+        return pi
+
+    def joint_logits(self) -> torch.Tensor:
+        """``[α_drop, β_1..β_C]`` per module (the entangled space's logits;
+        vector modules: ``[α_drop, α_keep, -inf...]``)."""
+        beta = torch.where(self.is_matrix[:, None], self.masked_beta(),
+                           torch.full_like(self.beta, float("-inf")))
+        beta = torch.where((~self.is_matrix)[:, None] & (torch.arange(beta.shape[1]) == 0)[None, :],
+                           self.alpha[:, 1:2].expand_as(beta), beta)
+        return torch.cat([self.alpha[:, :1], beta], dim=1)
+
+    def eval_keep(self) -> torch.Tensor:
+        """Whether each module is on in ``eval`` mode (argmax α, or in the
+        entangled space argmax of the joint distribution ≠ rank 0)."""
+        if self.entangled:
+            return self.joint_logits().detach().argmax(-1) != 0
+        return self.alpha.detach()[:, 1] > self.alpha.detach()[:, 0]
+
+    def eval_rank(self) -> torch.Tensor:
+        """The rank each module runs at in ``eval`` mode."""
+        ranks = self.argmax_rank()
+        if self.entangled:
+            idx = self.joint_logits().detach()[:, 1:].argmax(-1)
+            joint_rank = self.cand_ranks.gather(1, idx[:, None])[:, 0]
+            ranks = torch.where(self.is_matrix & (self.fixed_rank < 0), joint_rank, ranks)
+        return ranks
 
     def peft_parameters(self) -> list[nn.Parameter]:
         return list(self.peft.parameters())
@@ -195,45 +235,54 @@ class Supernet(nn.Module):
         fixed = self.fixed_rank.tolist()
         argmax_rank = self.argmax_rank().tolist()
         gates = None
-        keep: list[bool]
-        if mode in ("weight", "binary"):
+        rank_w = None  # (M, C) hard rank samples with straight-through gradients
+        keep: list[bool] = [True] * len(self.specs)
+        sampled_rank: list[int] | None = None
+        if self.entangled and mode in ("weight", "joint"):
+            w = gumbel_hard(self.joint_logits(), temperature, generator, noise=noise)  # (M, 1 + C)
+            gates = 1.0 - w[:, 0]
+            keep = (w.detach()[:, 0] < 0.5).tolist()
+            rank_w = w[:, 1:]
+            idx = rank_w.detach().argmax(-1)
+            sampled_rank = self.cand_ranks.gather(1, idx[:, None])[:, 0].tolist()
+        elif mode in ("weight", "binary", "joint"):
             g = gumbel_hard(self.alpha, temperature, generator, noise=noise)[:, 1]
             gates = g
             keep = (g.detach() > 0.5).tolist()
         elif mode == "eval":
-            keep = (self.alpha.detach()[:, 1] > self.alpha.detach()[:, 0]).tolist()
-        else:
-            keep = [True] * len(self.specs)
-        wrank = None
-        if mode == "dimension":
-            wrank = gumbel_hard(self.masked_beta(), temperature, generator, noise=noise)
-            mask_all = torch.einsum("mc,mcr->mr", wrank, self.rank_masks)
+            keep = self.eval_keep().tolist()
+            argmax_rank = self.eval_rank().tolist()
+        if mode in ("dimension", "joint") and rank_w is None:
+            rank_w = gumbel_hard(self.masked_beta(), temperature, generator, noise=noise)
+        mask_all = torch.einsum("mc,mcr->mr", rank_w, self.rank_masks) if rank_w is not None else None
         for i, m in enumerate(self.peft):
             m: PeftModule
             m.reset_controls()
             if pruned[i]:
                 m.enabled = False
                 continue
-            if m.max_rank is not None and mode != "all_on":
+            matrix = m.max_rank is not None
+            if matrix and mode != "all_on":
                 m.rank = fixed[i] if fixed[i] >= 0 else argmax_rank[i]
             if mode == "weight":
                 m.enabled = keep[i]
-            elif mode == "binary":
+                if sampled_rank is not None and matrix and fixed[i] < 0:
+                    m.rank = sampled_rank[i]
+            elif mode == "eval":
+                m.enabled = keep[i]
+            elif mode in ("binary", "joint"):
                 if not keep[i] and gate_gradient == "sampled_only":
                     m.enabled = False
                     continue
                 m.gate = gates[i]
                 m.detach_weights = not keep[i]
-            elif mode == "dimension":
-                if m.max_rank is not None and fixed[i] < 0:
-                    if gate_gradient == "sampled_only":
-                        c = int(wrank[i].detach().argmax())
-                        m.rank = int(self.cand_ranks[i, c])
-                    else:
-                        m.rank = m.max_rank
-                    m.rank_mask = mask_all[i, : m.max_rank]
-            elif mode == "eval":
-                m.enabled = keep[i]
+            if mode in ("dimension", "joint") and matrix and fixed[i] < 0:
+                if gate_gradient == "sampled_only":
+                    c = int(rank_w[i].detach().argmax())
+                    m.rank = int(self.cand_ranks[i, c])
+                else:
+                    m.rank = m.max_rank
+                m.rank_mask = mask_all[i, : m.max_rank]
         return gates
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

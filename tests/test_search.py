@@ -7,6 +7,13 @@ import math
 
 import pytest
 import torch
+from bipeft_plugins.strategies.bipeft import (
+    BudgetGuided,
+    BudgetStability,
+    GradWeightCos,
+    StabilityKL,
+    expected_sizes,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,13 +24,6 @@ from bipeft_core.state import SearchState
 from bipeft_core.supernet import Supernet
 from bipeft_core.targets import find_target_map
 from bipeft_core.testing import tiny_model
-from bipeft_plugins.strategies.bipeft import (
-    BudgetGuided,
-    BudgetStability,
-    GradWeightCos,
-    StabilityKL,
-    expected_sizes,
-)
 
 
 def synthetic(n: int, *, length: int = 8, seed: int = 0, t5: bool = False) -> list[dict[str, torch.Tensor]]:

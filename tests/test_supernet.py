@@ -398,6 +398,6 @@ def test_gumbel_keep_frequency_is_the_softmax_probability():
 
 def test_unknown_mode(plugins):
     net, _, _ = _build(plugins, "bert")
-    assert set(MODES) == {"weight", "binary", "dimension", "eval", "all_on"}
+    assert set(MODES) == {"weight", "binary", "dimension", "eval", "all_on", "joint"}
     with pytest.raises(ValueError, match="unknown supernet mode 'search'"):
         net.configure("search")
