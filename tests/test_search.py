@@ -380,3 +380,53 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="belongs to another search"):
         pipeline(1200).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
+
+
+# -- the ablation variants (paper Table 2) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["entangled", "no_iteration", "no_selection"])
+def test_ablation_variants_run_and_report(variant):
+    train = synthetic(128)
+    pipe = pipeline(1500, optimizer={"name": "iterative", "variant": variant})
+    result = pipe.search(tiny_model("bert"), train)
+    assert result.structure.count() == result.count
+    if variant == "no_selection":
+        assert result.trace == () and any("not repaired" in n for n in result.notes)
+    else:
+        assert result.count <= 1500 and result.trace
+
+
+def test_no_iteration_steps_alpha_and_beta_together():
+    sn, specs = supernet_for("bert")
+    batch = {"input_ids": torch.randint(2, 128, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+             "labels": torch.tensor([0, 1])}
+    with torch.no_grad():
+        for p in sn.peft_parameters():
+            p.normal_(0, 0.1)
+    sn.configure("joint", temperature=1.0, generator=torch.Generator().manual_seed(0))
+    sn(**batch).loss.backward()
+    assert sn.alpha.grad.abs().sum() > 0 and sn.beta.grad.abs().sum() > 0
+
+
+def test_entangled_keep_probability_is_one_minus_rank_zero():
+    sn, specs = supernet_for("bert")
+    sn.entangled = True
+    with torch.no_grad():
+        sn.alpha.normal_()
+        sn.beta.normal_()
+    joint = sn.joint_logits().detach().softmax(-1)
+    pi = sn.keep_probability()
+    for i, s in enumerate(specs):
+        if s.is_matrix:
+            assert float(pi[i]) == pytest.approx(1 - float(joint[i, 0]))
+            assert float(joint[i, 1:].sum()) == pytest.approx(1 - float(joint[i, 0]))
+        else:
+            assert float(pi[i]) == pytest.approx(float(sn.alpha[i].detach().softmax(-1)[1]))
+
+
+def test_unknown_variant_is_rejected_at_spec_load():
+    from bipeft_core import SpecError
+
+    with pytest.raises(SpecError, match="variant"):
+        pipeline(1500, optimizer={"name": "iterative", "variant": "magic"})

@@ -28,6 +28,7 @@ from bipeft_core.structure import Structure
 from bipeft_core.training import linear_schedule, make_loader, split_halves
 
 GATE_GRADIENTS = ("straight_through", "sampled_only")
+VARIANTS = ("bipeft", "entangled", "no_iteration", "no_selection")
 
 
 def products(supernet) -> list[list[torch.Tensor | None] | None]:
@@ -92,6 +93,15 @@ class Iterative(Optimizer):
     authors' cheaper variant). ``noise=False`` uses the hard softmax instead
     of Gumbel samples. ``stop_when_spent``: end the search once the triggers
     are spent (else train on to the last epoch).
+
+    ``variant`` selects the paper's Table 2 ablations: ``bipeft`` (the
+    method), ``entangled`` (one joint space per module where rank 0 is a
+    candidate, logits ``[α_drop, β_1..β_C]``, no separate binary stage),
+    ``no_iteration`` (disentangled without iteration: α and β sampled and
+    stepped together in every architecture step), ``no_selection``
+    (iterative without selection: no trigger, no pruning or rank fixing; the
+    final structure is argmax α and argmax β, reported at the size it
+    reaches, not repaired).
     """
 
     name = "iterative"
@@ -111,6 +121,11 @@ class Iterative(Optimizer):
     gate_gradient: str = attrs.field(default="straight_through", validator=attrs.validators.in_(GATE_GRADIENTS))
     noise: bool = True
     stop_when_spent: bool = True
+    variant: str = attrs.field(default="bipeft", validator=attrs.validators.in_(VARIANTS))
+
+    @property
+    def selects(self) -> bool:
+        return self.variant != "no_selection"
 
     def temperature(self, epoch: int, epochs: int) -> float:
         """``T = 5 − 4·epoch/E`` by default: constant within an epoch."""
@@ -136,9 +151,12 @@ class Iterative(Optimizer):
                                  weight_decay=self.arch_weight_decay)
         state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=steps_per_epoch)
         state.expected_sizes = state.max_counts()
+        sn.entangled = self.variant == "entangled"
         sens.reset(ctx.specs)
         trigger.reset(state)
         dsel.reset(state)
+        if not self.selects:
+            state.triggers_left = 0
         state.scores = sens.scores
         cursor = _Cursor()
         trace: list[TriggerEvent] = []
@@ -213,7 +231,8 @@ class Iterative(Optimizer):
             cursor.b_consumed = 1
             return next(it_b)
 
-        done = self.stop_when_spent and state.triggers_left <= 0 and state.step > 0
+        spent = self.selects and self.stop_when_spent
+        done = spent and state.triggers_left <= 0 and state.step > 0
         while not done and cursor.epoch < s.epochs:
             temp = self.temperature(cursor.epoch, s.epochs)
             if resumed and cursor.gen_a_state is not None:
@@ -236,7 +255,7 @@ class Iterative(Optimizer):
                     ctx.hook.bipeft_after_step(state=state, control=control)
                 if fired or state.step % (ckpt.every if ckpt else 1) == 0:
                     save()
-                if control.stop_requested or (self.stop_when_spent and state.triggers_left <= 0):
+                if control.stop_requested or (spent and state.triggers_left <= 0):
                     done = True
                     break
             if not done:
@@ -253,25 +272,30 @@ class Iterative(Optimizer):
         comps = ctx.components
         batch_a = {k: v.to(ctx.device) for k, v in batch_a.items()}
         batch_b = {k: v.to(ctx.device) for k, v in batch_b.items()}
-        stage = cursor.stage
+        stage = cursor.stage if self.variant in ("bipeft", "no_selection") else "joint"
         # -- architecture step on half B --------------------------------------------
         sn.zero_grad(set_to_none=True)
         sn.train()
         sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient, noise=self.noise)
         loss_b = ctx.loss(sn, batch_b)
         check_finite(loss_b, "architecture", state.step)
+        stepped = {"binary": (sn.alpha,), "dimension": (sn.beta,), "joint": (sn.alpha, sn.beta)}[stage]
         if self.regularizer:
-            theta = sn.alpha if stage == "binary" else sn.beta.masked_fill(~sn.cand_valid, 0.0)
-            loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
+            for theta in stepped:
+                if theta is sn.beta:
+                    theta = sn.beta.masked_fill(~sn.cand_valid, 0.0)
+                loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
         loss_b.backward()
         val_products = products(sn)
-        stepped, other = (sn.alpha, sn.beta) if stage == "binary" else (sn.beta, sn.alpha)
-        frozen = sn.pruned if stage == "binary" else (sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix)
-        saved = stepped.detach()[frozen].clone()
-        other.grad = None
+        frozen_rows = {id(sn.alpha): sn.pruned, id(sn.beta): sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix}
+        saved = [(p, frozen_rows[id(p)], p.detach()[frozen_rows[id(p)]].clone()) for p in stepped]
+        for p in (sn.alpha, sn.beta):
+            if all(p is not q for q in stepped):
+                p.grad = None
         opt_a.step()
         with torch.no_grad():
-            stepped[frozen] = saved
+            for p, rows, values in saved:
+                p[rows] = values
         cursor.stage = "dimension" if stage == "binary" else "binary"
         # -- weight step on half A --------------------------------------------------
         sn.zero_grad(set_to_none=True)
@@ -289,10 +313,10 @@ class Iterative(Optimizer):
         comps["sensitivity"].observe(train=train_products, val=val_products, active=~sn.pruned)
         state.step += 1
         state.scores = comps["sensitivity"].scores
-        if state.epoch >= warmup:
+        if state.epoch >= warmup and self.selects:
             comps["dimension_selector"].observe(state)
         fired = False
-        if comps["trigger"].should_fire(state):
+        if self.selects and comps["trigger"].should_fire(state):
             trace.append(self._fire(state, comps["module_selector"], comps["dimension_selector"], ctx, started,
                                     len(trace)))
             fired = True
@@ -347,15 +371,23 @@ class Iterative(Optimizer):
 
     def _finish(self, ctx, state, trace, history, started, control) -> SearchResult:
         sn = state.supernet
-        ranks = sn.argmax_rank().tolist()
-        choices = {i: (ranks[i] if spec.is_matrix else None)
-                   for i, spec in enumerate(ctx.specs) if not bool(sn.pruned[i])}
         notes = []
-        if state.triggers_left > 0:
+        if self.selects:
+            ranks = sn.argmax_rank().tolist()
+            choices = {i: (ranks[i] if spec.is_matrix else None)
+                       for i, spec in enumerate(ctx.specs) if not bool(sn.pruned[i])}
+        else:  # argmax α (or the joint argmax) and argmax β, not repaired
+            keep, ranks = sn.eval_keep().tolist(), sn.eval_rank().tolist()
+            choices = {i: (ranks[i] if spec.is_matrix else None) for i, spec in enumerate(ctx.specs) if keep[i]}
+            notes.append("variant no_selection: argmax structure, not repaired to the budget")
+        if self.selects and state.triggers_left > 0:
             notes.append(f"the epochs ran out with {state.triggers_left} triggers left")
         if control.stop_requested:
             notes.append(f"stopped early: {control.reason}")
-        repaired, log = repair_to_budget(ctx.specs, choices, state.scores.tolist(), ctx.budget)
+        if self.selects:
+            repaired, log = repair_to_budget(ctx.specs, choices, state.scores.tolist(), ctx.budget)
+        else:
+            repaired, log = choices, []
         count = structure_count(ctx.specs, repaired)
         structure = Structure.from_choices(ctx.specs, repaired, space=ctx.space_name, model_type=ctx.model_type,
                                            backbone_params=ctx.backbone_params, budget=ctx.budget)
