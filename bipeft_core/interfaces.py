@@ -202,6 +202,13 @@ class Optimizer(Stateful, ABC):
     ``dimension_selector`` this optimizer uses; a spec that sets another is
     rejected at load time."""
 
+    def adapt_space(self, space: SearchSpace) -> SearchSpace:
+        """Called once, before the space is applied to the model. Baselines
+        use it to fix the candidate ranks (S3Delta: rank 1; PrunePEFT: the
+        largest rank) or to bring a space of their own (manual PEFT). The
+        default keeps the spec's space."""
+        return space
+
     @abstractmethod
     def search(self, ctx: SearchContext) -> SearchResult:
         """Run the whole search and return its result. Called once by

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "target_maps": "bipeft_plugins.target_maps",
     "spaces": "bipeft_plugins.spaces",
     "bipeft": "bipeft_plugins.strategies.bipeft",
+    "baselines": "bipeft_plugins.strategies.baselines",
     "tasks": "bipeft_plugins.tasks",
 }
 

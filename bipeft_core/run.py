@@ -56,23 +56,28 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
     settings = pipeline.search_settings
     torch.manual_seed(settings.seed)
     tm = find_target_map(model, plugins.target_maps, _target_map(pipeline, plugins, target_map))
-    specs = pipeline.resolved_space().modules(model, tm, plugins.peft_modules)
+    components = {kind: pipeline.build_component(kind, plugins) for kind in COMPONENT_KINDS}
+    space = components["optimizer"].adapt_space(pipeline.resolved_space())
+    specs = space.modules(model, tm, plugins.peft_modules)
     total = backbone_param_count(model, tm)
     budget = pipeline.budget.resolve(total)
-    check_budget(specs, budget)
+    if getattr(components["optimizer"], "budgeted", True):
+        check_budget(specs, budget)
     if task is not None:
         collate_fn = collate_fn or task.collate
         loss_fn = loss_fn or task.loss
+        if evaluate_fn is None and validation is not None:
+            def evaluate_fn(m, data=validation):
+                return task.evaluate(m, data, batch_size=settings.eval_batch_size)
     if settings.max_train_examples is not None:
         train = list(train)[: settings.max_train_examples]
     device = torch.device(device) if device is not None else torch.device("cpu")
     supernet = Supernet(model, specs, plugins.peft_modules, heads=tm.heads,
                         generator=torch.Generator().manual_seed(settings.seed)).to(device)
-    components = {kind: pipeline.build_component(kind, plugins) for kind in COMPONENT_KINDS}
     ctx = SearchContext(
         supernet=supernet, specs=specs, budget=budget, backbone_params=total, components=components,
         settings=settings, train=list(train), collate=collate_fn or default_collate, loss=loss_fn or default_loss,
-        hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=pipeline.space.name,
+        hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=space.name,
         model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
         checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
         resume=resume,

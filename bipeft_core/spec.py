@@ -396,8 +396,13 @@ class Pipeline:
         comp = getattr(self, kind)
         if comp is not None:
             return comp.name
+        default = self._default_component(kind)
+        return default.name if default is not None else None
+
+    def _default_component(self, kind: str) -> Component | None:
         optimizer_cls = self._factory("optimizer", self.get_plugins())
-        return getattr(optimizer_cls, "default_components", {}).get(kind)
+        default = getattr(optimizer_cls, "default_components", {}).get(kind)
+        return None if default is None else Component.parse(default, f"{optimizer_cls.__name__} default {kind}")
 
     def build_component(self, kind: str, plugins: Any = None) -> Any:
         """A fresh instance of the component of ``kind`` (the spec's, else
@@ -405,10 +410,9 @@ class Pipeline:
         plugins = plugins or self.get_plugins()
         comp = getattr(self, kind)
         if comp is None:
-            name = self.component_name(kind)
-            if name is None:
+            comp = self._default_component(kind)
+            if comp is None:
                 return None
-            comp = Component(name=name)
         registry = plugins.strategies.kind(kind)
         if comp.name not in registry:
             _unknown(f"search.{kind}", registry, comp.name)

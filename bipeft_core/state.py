@@ -105,6 +105,8 @@ class SearchResult:
     notes: tuple[str, ...] = ()
     history: tuple[dict[str, Any], ...] = ()
     """Per-step records (step, expected size, remaining modules, step time)."""
+    extra: dict[str, Any] = attrs.field(factory=dict)
+    """Strategy-specific results (AutoPEFT: the Pareto front and the trials)."""
 
     def summary(self) -> str:
         lines = [
@@ -132,6 +134,7 @@ class SearchResult:
             "steps": self.steps,
             "trace": [e.to_dict() for e in self.trace],
             "history": list(self.history),
+            "extra": self.extra,
             "structure": self.structure.to_dict(),
         }
 

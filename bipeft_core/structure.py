@@ -98,6 +98,12 @@ class Structure:
     model_type: str = ""
     backbone_params: int | None = None
     budget: int | None = None
+    full: bool = False
+    """Full fine-tuning: every backbone parameter trains (no PEFT modules)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.full and (self.entries or not self.backbone_params):
+            raise StructureError("a full fine-tuning structure has no modules and needs backbone_params")
 
     @classmethod
     def from_choices(
@@ -115,7 +121,10 @@ class Structure:
 
     # -- counting --------------------------------------------------------------------
     def count(self) -> int:
-        """Exact trainable PEFT parameters (task head not included)."""
+        """Exact trainable PEFT parameters (task head not included; the whole
+        backbone for full fine-tuning)."""
+        if self.full:
+            return int(self.backbone_params)
         return sum(e.count for e in self.entries)
 
     def verify(self, registry: Any) -> None:
@@ -141,6 +150,8 @@ class Structure:
     def summary(self, budget: int | None = None) -> str:
         """Layer × module type table with ranks, and the count vs budget."""
         budget = budget if budget is not None else self.budget
+        if self.full:
+            return f"full fine-tuning: every backbone parameter trains ({format_count(self.count())})"
         types = sorted({e.spec.type for e in self.entries})
         layers: dict[str, dict[str, list[str]]] = {}
         for e in self.entries:
@@ -172,6 +183,7 @@ class Structure:
             "model_type": self.model_type,
             "backbone_params": self.backbone_params,
             "budget": self.budget,
+            **({"full": True} if self.full else {}),
             "count": self.count(),
             "entries": [e.to_dict() for e in self.entries],
         }
@@ -188,7 +200,7 @@ class Structure:
             raise StructureError("structure 'entries' must be a list of modules; the file was edited or is corrupt")
         entries = tuple(StructureEntry.from_dict(e, i) for i, e in enumerate(d.get("entries", [])))
         s = cls(entries=entries, space=d.get("space", ""), model_type=d.get("model_type", ""),
-                backbone_params=d.get("backbone_params"), budget=d.get("budget"))
+                backbone_params=d.get("backbone_params"), budget=d.get("budget"), full=bool(d.get("full", False)))
         if d.get("count") is not None and d["count"] != s.count():
             raise StructureError(f"structure count {d['count']} does not match its entries "
                                  f"({s.count()}); the file was edited or is corrupt")
@@ -233,6 +245,13 @@ class PeftModel(nn.Module):
         self.head_names = [n for n, _ in trainable_head_parameters(model, heads)]
         for _, p in trainable_head_parameters(model, heads):
             p.requires_grad_(True)
+        self._full_params = 0
+        if structure.full:
+            head_ids = {id(p) for _, p in trainable_head_parameters(model, heads)}
+            for p in model.parameters():
+                if id(p) not in head_ids and not p.requires_grad:
+                    p.requires_grad_(True)
+                    self._full_params += p.numel()
         mods = []
         for e in structure.entries:
             mtype = registry.get(e.spec.type)
@@ -245,7 +264,8 @@ class PeftModel(nn.Module):
         return self.model(*args, **kwargs)
 
     def peft_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.peft.parameters())
+        """Trainable parameters besides the task head (the backbone's for full fine-tuning)."""
+        return sum(p.numel() for p in self.peft.parameters()) + self._full_params
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """PEFT weights (``peft.<i>.<name>``) and task-head weights (``head.<name>``)."""
@@ -253,6 +273,10 @@ class PeftModel(nn.Module):
         params = dict(self.model.named_parameters())
         for n in self.head_names:
             out[f"head.{n}"] = params[n].detach().clone()
+        if self.structure.full:
+            heads = set(self.head_names)
+            out.update({f"backbone.{n}": p.detach().clone() for n, p in params.items()
+                        if p.requires_grad and n not in heads})
         return out
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -264,8 +288,8 @@ class PeftModel(nn.Module):
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for k, v in state.items():
-                if k.startswith("head."):
-                    name = k[5:]
+                if k.startswith(("head.", "backbone.")):
+                    name = k.split(".", 1)[1]
                     if name not in params or params[name].shape != v.shape:
                         raise StructureError(f"saved head weight {name!r} does not fit this model")
                     params[name].copy_(v)

@@ -285,6 +285,25 @@ class Supernet(nn.Module):
                 m.rank_mask = mask_all[i, : m.max_rank]
         return gates
 
+    def set_gates(self, gates: torch.Tensor | None, *, enabled: torch.Tensor | None = None) -> None:
+        """Set externally computed gates (baselines such as S3Delta): module
+        ``i`` runs at its fixed (else argmax β) rank with output scaled by
+        ``gates[i]`` (``None``: no gate); ``enabled`` (bool, per module)
+        switches modules off. Pruned modules stay off."""
+        self.mode = "external"
+        ranks = self.argmax_rank().tolist()
+        pruned = self.pruned.tolist()
+        on = enabled.tolist() if enabled is not None else [True] * len(self.specs)
+        for i, m in enumerate(self.peft):
+            m.reset_controls()
+            if pruned[i] or not on[i]:
+                m.enabled = False
+                continue
+            if m.max_rank is not None:
+                m.rank = ranks[i]
+            if gates is not None:
+                m.gate = gates[i]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
