@@ -102,7 +102,7 @@ class RetrainResult:
 def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequence[Any],
             validation: Sequence[Any] | None = None, test: Sequence[Any] | None = None, *, task: Any = None,
             loss_fn: Callable | None = None, collate_fn: Callable | None = None,
-            evaluate_fn: Callable | None = None, target_map: Any = None) -> RetrainResult:
+            evaluate_fn: Callable | None = None, target_map: Any = None, progress: bool = False) -> RetrainResult:
     """Train the structure's discrete model from fresh weights on the full
     training set; pick the best epoch on ``validation``; evaluate on ``test``."""
     plugins = pipeline.get_plugins()
@@ -121,7 +121,7 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
     params = [p for p in peft_model.parameters() if p.requires_grad]
     started = time.perf_counter()
     out = train_model(peft_model, params, list(train), settings=settings, collate=collate_fn or default_collate,
-                      loss=loss_fn or default_loss, evaluate=evaluate_fn)
+                      loss=loss_fn or default_loss, evaluate=evaluate_fn, progress=progress)
     wall = time.perf_counter() - started
     best = out["epochs"][out["best_epoch"]]
     val_metrics = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}

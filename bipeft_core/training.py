@@ -14,7 +14,17 @@ from torch.utils.data import DataLoader
 
 from bipeft_core.errors import TrainingError
 
-__all__ = ["default_collate", "default_loss", "linear_schedule", "make_loader", "split_halves", "train_model"]
+__all__ = ["default_collate", "default_loss", "linear_schedule", "make_loader", "progress_bar", "split_halves",
+           "train_model"]
+
+
+def progress_bar(ctx_or_flag: Any, *, total: int, desc: str, initial: int = 0) -> Any:
+    """A tqdm bar on stderr (a no-op one unless progress is on)."""
+    from tqdm.auto import tqdm
+
+    enabled = ctx_or_flag if isinstance(ctx_or_flag, bool) else bool(getattr(ctx_or_flag, "progress", False))
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True,
+                leave=False)
 
 
 def split_halves(examples: Sequence[Any], *, seed: int) -> tuple[list[Any], list[Any]]:
@@ -76,6 +86,7 @@ def train_model(
     loss: Callable,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
@@ -88,6 +99,7 @@ def train_model(
     epochs: list[dict[str, float]] = []
     started = time.perf_counter()
     names = {id(p): n for n, p in model.named_parameters()}
+    bar = progress_bar(progress, total=len(loader) * settings.epochs, desc="train")
     for epoch in range(settings.epochs):
         model.train()
         total = 0.0
@@ -103,6 +115,8 @@ def train_model(
             opt.step()
             sched.step()
             total += float(value.detach())
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {epoch} loss {float(value.detach()):.4f}", refresh=False)
         record = {"epoch": epoch, "train_loss": total / max(1, len(loader))}
         if evaluate is not None:
             metrics = evaluate(model)
@@ -113,6 +127,7 @@ def train_model(
         epochs.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
+    bar.close()
     if best is not None:
         by_name = dict(model.named_parameters())
         with torch.no_grad():

@@ -63,12 +63,13 @@ def main() -> None:
     print(f"{task.name}: {len(prepared.train)} train / {len(prepared.validation)} validation / "
           f"{len(prepared.test)} test; budget {pipe.budget}; {epochs} epochs")
     t0 = time.perf_counter()
-    result = pipe.search(model, prepared.train, task=prepared)
+    result = pipe.search(model, prepared.train, task=prepared, progress=True)
     search_time = time.perf_counter() - t0
     print(result.summary())
 
     fresh = load_task_model(model_dir, task, seed=args.seed)
-    rt = pipe.retrain(fresh, result.structure, prepared.train, prepared.validation, prepared.test, task=prepared)
+    rt = pipe.retrain(fresh, result.structure, prepared.train, prepared.validation, prepared.test, task=prepared,
+                      progress=True)
     ratio = search_time / rt.wall_time
     print(f"\n{task.name} ({task.primary_metric}): test {rt.test}")
     print(f"PEFT parameters {rt.peft_params:,} (budget {result.budget:,}, {rt.peft_params / result.backbone_params:.4%}"

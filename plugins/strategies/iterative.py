@@ -25,7 +25,7 @@ from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import repair_to_budget, structure_count
 from bipeft_core.state import Control, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
-from bipeft_core.training import linear_schedule, make_loader, split_halves
+from bipeft_core.training import linear_schedule, make_loader, progress_bar, split_halves
 
 GATE_GRADIENTS = ("straight_through", "sampled_only")
 VARIANTS = ("bipeft", "entangled", "no_iteration", "no_selection")
@@ -233,6 +233,7 @@ class Iterative(Optimizer):
 
         spent = self.selects and self.stop_when_spent
         done = spent and state.triggers_left <= 0 and state.step > 0
+        bar = progress_bar(ctx, total=steps_per_epoch * s.epochs, initial=state.step, desc="search")
         while not done and cursor.epoch < s.epochs:
             temp = self.temperature(cursor.epoch, s.epochs)
             if resumed and cursor.gen_a_state is not None:
@@ -251,6 +252,10 @@ class Iterative(Optimizer):
                                         weights, warmup, trace, history, started)
                 cursor.batch_in_epoch += 1
                 history[-1]["step_time"] = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix_str(f"size {history[-1]['expected_size']:,.0f}/{ctx.budget:,} "
+                                    f"modules {history[-1]['remaining']} triggers left {state.triggers_left}",
+                                    refresh=False)
                 if ctx.hook is not None:
                     ctx.hook.bipeft_after_step(state=state, control=control)
                 if fired or state.step % (ckpt.every if ckpt else 1) == 0:
@@ -263,6 +268,7 @@ class Iterative(Optimizer):
                 cursor.batch_in_epoch = 0
                 cursor.gen_a_state = None
                 save()
+        bar.close()
         return self._finish(ctx, state, trace, history, started, control)
 
     def _iteration(self, ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
