@@ -17,6 +17,8 @@ from bipeft_core.errors import (
     TrainingError,
     UnknownNameError,
 )
+from bipeft_core.export import export as export_model
+from bipeft_core.export import export_bipeft, export_peft, load_peft
 from bipeft_core.hookspecs import hookimpl, hookspec
 from bipeft_core.interfaces import (
     DimensionSelector,
@@ -86,9 +88,13 @@ __all__ = [
     "__version__",
     "backbone_param_count",
     "default_plugins",
+    "export_bipeft",
+    "export_model",
+    "export_peft",
     "fill_walk",
     "hookimpl",
     "hookspec",
+    "load_peft",
     "load_plugins",
     "prune_walk",
 ]

@@ -166,10 +166,13 @@ class ModelSpec:
 
 @attrs.frozen(kw_only=True)
 class SpaceSpec:
-    """A registered search space, optionally with other candidate ranks."""
+    """A registered search space (or a space file), optionally with other
+    candidate ranks."""
 
     name: str = "s2"
     ranks: tuple[int, ...] | None = None
+    file: str | None = None
+    """A space TOML file (docs/howto-search-space.md); its own name is used."""
 
     def __attrs_post_init__(self) -> None:
         if self.ranks is not None:
@@ -358,7 +361,14 @@ class Pipeline:
         """Check every name against the registries and every component's
         parameters against its constructor. Called on construction."""
         plugins = self.get_plugins()
-        if self.space.name not in plugins.spaces:
+        if self.space.file is not None:
+            from bipeft_core.space import DeclarativeSpace
+
+            try:
+                DeclarativeSpace.from_toml(self.space.file).check(plugins.peft_modules)
+            except BipeftError as exc:
+                raise SpecError(f"space.file = {self.space.file!r}: {exc}") from None
+        elif self.space.name not in plugins.spaces:
             _unknown("space.name", plugins.spaces, self.space.name)
         optimizer_cls = self._factory("optimizer", plugins)
         used = tuple(getattr(optimizer_cls, "components", ()))
@@ -457,7 +467,12 @@ class Pipeline:
         return retrain(self, model, structure, train, validation, test, **kwargs)
 
     def resolved_space(self) -> Any:
-        space = self.get_plugins().spaces.get(self.space.name)
+        if self.space.file is not None:
+            from bipeft_core.space import DeclarativeSpace
+
+            space = DeclarativeSpace.from_toml(self.space.file)
+        else:
+            space = self.get_plugins().spaces.get(self.space.name)
         if self.space.ranks is not None:
             space = space.with_ranks(self.space.ranks)
         return space

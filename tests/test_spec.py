@@ -127,3 +127,15 @@ def test_invalid_specs_fail_at_load_time(tmp_path, plugins, text, message):
 def test_missing_spec_file(tmp_path, plugins):
     with pytest.raises(SpecError, match="does not exist"):
         Pipeline.from_toml(tmp_path / "nope.toml", plugins=plugins)
+
+
+def test_space_file_defines_a_space_without_python(tmp_path, plugins):
+    space = tmp_path / "mine.toml"
+    space.write_text('name = "mine"\nranks = [2]\n[[modules]]\ntype = "lora"\ntargets = ["attn_v"]\n')
+    pipe = Pipeline(budget=100, space={"file": str(space)}, plugins=plugins)
+    assert pipe.resolved_space().name == "mine"
+    assert Pipeline.from_dict(pipe.to_dict(), plugins=plugins) == pipe
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[modules]]\ntype = "dora"\ntargets = ["attn_v"]\n')
+    with pytest.raises(SpecError, match="space.file = .*unknown module type 'dora'"):
+        Pipeline(budget=100, space={"file": str(bad)}, plugins=plugins)

@@ -266,7 +266,8 @@ class Iterative(Optimizer):
             if not done:
                 cursor.epoch += 1
                 cursor.batch_in_epoch = 0
-                cursor.gen_a_state = None
+                cursor.gen_a_state = gen_a.get_state()  # where the next epoch's shuffle starts
+                resumed = True  # the cursor now describes where to continue
                 save()
         bar.close()
         return self._finish(ctx, state, trace, history, started, control)

@@ -1,0 +1,360 @@
+"""The ``bipeft`` command.
+
+    bipeft run --task stsb                       # embedded default: MiniLM, S2, BIPEFT at 0.1 %
+    bipeft run --spec spec.toml --out runs/x     # a spec, flags override single fields
+    bipeft run --resume --out runs/x             # continue an interrupted run
+    bipeft search ... / bipeft retrain RUN / bipeft show RUN / bipeft export RUN --format peft
+    bipeft plugins
+
+Errors in the input end with a one-line message and exit status 2; an
+interrupted run prints how to resume it and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bipeft_core.errors import BipeftError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Printer:
+    """Human output, ``--quiet`` (only the final summary) or ``--jsonl``
+    (one JSON object per event on stdout)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def info(self, text: str) -> None:
+        if self.mode == "normal":
+            print(text, flush=True)
+
+    def event(self, kind: str, **data: Any) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps({"event": kind, **data}, default=str), flush=True)
+
+    def summary(self, text: str, data: dict[str, Any]) -> None:
+        if self.mode == "jsonl":
+            self.event("summary", **data)
+        else:
+            print(text, flush=True)
+
+
+# -- building the pipeline from --spec and flags -------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise BipeftError(f"--set {dotted}: {k} is not a table")
+    node[keys[-1]] = value
+
+
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    import tomllib
+
+    from bipeft_core.runner import default_spec
+
+    if args.spec:
+        path = Path(args.spec)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BipeftError(f"spec file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise BipeftError(f"spec file {str(path)!r} is not valid TOML: {exc}") from None
+        if isinstance(data.get("budget"), (str, int)):
+            data["budget"] = {"value": data["budget"]}
+    else:
+        if not args.task:
+            raise BipeftError("give a task (--task stsb) or a spec (--spec FILE)")
+        data = default_spec(args.task)
+    if args.task:
+        _set(data, "model.task", args.task)
+    if args.model:
+        _set(data, "model.name_or_path", args.model)
+    if args.budget:
+        data["budget"] = {"value": args.budget}
+    if args.space:
+        _set(data, "space.name", args.space)
+    for table in ("search", "retrain"):
+        if args.epochs is not None:
+            _set(data, f"{table}.epochs", args.epochs)
+        if args.seed is not None:
+            _set(data, f"{table}.seed", args.seed)
+        if args.max_train is not None:
+            _set(data, f"{table}.max_train_examples", args.max_train)
+    user_keys = set()
+    for item in args.set or ():
+        if "=" not in item:
+            raise BipeftError(f"--set {item!r}: write KEY=VALUE, e.g. --set search.lr=1e-3")
+        key, value = item.split("=", 1)
+        user_keys.add(key.strip())
+        _set(data, key.strip(), _parse_value(value.strip()))
+    optimizer = data.get("search", {}).get("optimizer", "iterative")
+    optimizer = optimizer.get("name") if isinstance(optimizer, dict) else optimizer
+    if not args.spec and optimizer != "iterative" and "search.trigger" not in user_keys:
+        data["search"].pop("trigger", None)  # the embedded default's trigger is BIPEFT's
+    return data
+
+
+def _pipeline(args: argparse.Namespace, plugins: Any) -> Any:
+    from bipeft_core.spec import Pipeline
+
+    return Pipeline.from_dict(build_spec(args), plugins=plugins, source=args.spec or "command line")
+
+
+def _default_out(pipeline: Any) -> Path:
+    task = (pipeline.model.task or "task").replace("/", "-")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    budget = str(pipeline.budget).replace("%", "pct")
+    return Path("runs") / f"{task}-{pipeline.optimizer.name}-{budget}-s{pipeline.search_settings.seed}-{stamp}"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _event_plugin(printer: Printer) -> Any:
+    from bipeft_core.hookspecs import hookimpl
+
+    class Events:
+        name = "cli-events"
+
+        @hookimpl
+        def bipeft_on_trigger(self, event, state):
+            printer.event("trigger", **event.to_dict())
+
+        @hookimpl
+        def bipeft_after_search(self, result):
+            printer.event("search_done", count=result.count, budget=result.budget, wall_time=result.wall_time,
+                          triggers=len(result.trace))
+
+    return Events()
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [f"{s['task']} with {s['strategy']}: {s['peft_params']:,} PEFT parameters "
+             f"({100 * s['ratio_of_backbone']:.4f}% of {s['backbone_params']:,}; budget {s['budget']:,}"
+             f"{'' if s['budget_met'] else ', NOT met'})"]
+    if "test" in s:
+        metric = s["metric"]
+        test = s["test"] or {}
+        lines.append(f"test {metric} {test.get(metric, float('nan')):.4f}  "
+                     + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k != metric))
+        lines.append(f"search {s['search_time']:.1f}s, re-train {s['retrain_time']:.1f}s, "
+                     f"search/re-train {s['search_retrain_ratio']:.2f}")
+    else:
+        lines.append(f"search {s['search_time']:.1f}s")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace, printer: Printer, stages=("search", "retrain")) -> int:
+    from bipeft_core.plugins import load_plugins
+    from bipeft_core.runner import Run
+
+    plugins = load_plugins([_event_plugin(printer)])
+    if args.resume:
+        if not args.out:
+            raise BipeftError("--resume needs the run folder: bipeft run --resume --out RUN_FOLDER")
+        run = Run.open(args.out, plugins=plugins)
+        printer.info(f"resuming {run.folder}: done so far: "
+                     f"{', '.join(k for k, v in run.info['stages'].items() if v.get('done')) or 'nothing'}")
+    else:
+        pipeline = _pipeline(args, plugins)
+        run = Run.create(args.out or _default_out(pipeline), pipeline, argv=sys.argv)
+        printer.info(f"run folder {run.folder}")
+    printer.event("start", folder=str(run.folder), spec=run.pipeline.to_dict())
+    try:
+        summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal", stages=stages,
+                              checkpoint_every=args.checkpoint_every,
+                              on_stage=lambda stage, _: printer.info(f"{stage} done"))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: bipeft run --resume --out {run.folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    printer.summary(_summary_text(summary), summary)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, printer: Printer) -> int:
+    from bipeft_core.runner import Run
+
+    run = Run.open(args.result)
+    if not run.stage_done("search"):
+        raise BipeftError(f"{run.folder} has no finished search; finish it with bipeft run --resume --out {run.folder}")
+    summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal")
+    printer.summary(_summary_text(summary), summary)
+    return 0
+
+
+def _result_path(path: Path) -> Path:
+    return path / "search_result.json" if path.is_dir() else path
+
+
+def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
+    from bipeft_core.report import load_result, structure_table, write_report
+
+    path = Path(args.result)
+    result = load_result(_result_path(path))
+    if printer.mode == "jsonl":
+        printer.event("result", **result.to_dict())
+    else:
+        print(f"strategy {result.strategy}: search {result.wall_time:.1f}s, {len(result.trace)} triggers"
+              + ("; " + "; ".join(result.notes) if result.notes else ""))
+        print(structure_table(result.structure, result.budget))
+    if not args.no_plots:
+        folder = Path(args.plots) if args.plots else (path if path.is_dir() else path.parent)
+        for written in write_report(result, folder):
+            printer.info(f"wrote {written}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
+    from safetensors.torch import load_file
+
+    from bipeft_core.export import export
+    from bipeft_core.runner import Run
+    from bipeft_core.structure import Structure
+    from bipeft_core.tasks import get_task, load_task_model
+
+    run = Run.open(args.result)
+    weights = run.folder / "retrain" / "adapter.safetensors"
+    if not weights.is_file():
+        raise BipeftError(f"{run.folder} has no re-trained weights ({weights}); run the re-train first: "
+                          f"bipeft retrain {run.folder}")
+    pipe = run.pipeline
+    plugins = pipe.get_plugins()
+    from bipeft_core.runner import default_model_path
+
+    model_path = pipe.model.name_or_path or default_model_path()
+    model = load_task_model(model_path, get_task(pipe.model.task, plugins))
+    structure = Structure.load(run.folder / "structure.json")
+    peft_model = structure.build(model, plugins.peft_modules)
+    try:
+        peft_model.load_trainable_state_dict(load_file(str(weights)))
+    except Exception as exc:
+        raise BipeftError(f"{weights} could not be read ({exc}); the file is corrupt: re-train with "
+                          f"bipeft retrain {run.folder}") from None
+    out = Path(args.out) if args.out else run.folder / f"export-{args.format}"
+    written = export(peft_model, out, format=args.format, base_model_name_or_path=model_path)
+    printer.info(f"exported ({args.format}) to {written}")
+    printer.event("exported", format=args.format, path=str(written))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, printer: Printer) -> int:
+    from bipeft_core.plugins import load_plugins
+
+    plugins = load_plugins()
+    rows = []
+    for kind, registry in plugins.registries().items():
+        for e in registry.entries():
+            rows.append({"kind": kind, "name": e.name, "plugin": e.provider, "distribution": e.distribution})
+    if printer.mode == "jsonl":
+        for r in rows:
+            printer.event("plugin", **r)
+        return 0
+    widths = [max(len(str(r[k])) for r in rows + [dict(kind="kind", name="name", plugin="plugin",
+                                                        distribution="distribution")])
+              for k in ("kind", "name", "plugin", "distribution")]
+    header = ("kind", "name", "plugin", "distribution")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(w) for k, w in zip(header, widths)).rstrip())
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _spec_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("spec and overrides")
+    g.add_argument("--spec", help="a TOML pipeline spec (docs/specs.md); without it the embedded default is used")
+    g.add_argument("--task", help="task name, e.g. stsb, mrpc, glue/rte, superglue/cb")
+    g.add_argument("--model", help="a local model folder or a hub id (default: MiniLM from bipeft[demo])")
+    g.add_argument("--budget", help="e.g. 0.1%%, 1.39bp, 22565")
+    g.add_argument("--space", help="search space name (s1, s2, ...)")
+    g.add_argument("--epochs", type=int, help="search and re-train epochs")
+    g.add_argument("--seed", type=int, help="seed of the search and the re-train")
+    g.add_argument("--max-train", type=int, help="cap the training examples (quick runs)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one spec field, e.g. --set search.trigger.max_triggers=50 (repeatable)")
+    p.add_argument("--out", help="the run folder (default: runs/<task>-<optimizer>-<budget>-<seed>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--data-dir", help="GLUE/SuperGLUE folder (default: $BIPEFT_DATA_DIR, else the hub)")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS",
+                   help="write a search checkpoint every STEPS steps (also after each trigger and epoch)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bipeft", description="Budget-guided search for PEFT structures.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+    mode.add_argument("--jsonl", action="store_true", help="print events as JSON lines (for scripts)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("run", help="search, re-train and evaluate")
+    _spec_options(p)
+    p = sub.add_parser("search", help="search only (re-train later with bipeft retrain)")
+    _spec_options(p)
+    p = sub.add_parser("retrain", help="re-train and evaluate the structure of a finished search")
+    p.add_argument("result", help="a run folder")
+    p.add_argument("--data-dir", help="GLUE/SuperGLUE folder (default: $BIPEFT_DATA_DIR)")
+    p = sub.add_parser("show", help="print a result's structure and write its plots")
+    p.add_argument("result", help="a run folder or a search_result.json")
+    p.add_argument("--plots", help="folder for the PNG plots (default: beside the result)")
+    p.add_argument("--no-plots", action="store_true", help="print the table only")
+    p = sub.add_parser("export", help="export the re-trained model (peft or bipeft format)")
+    p.add_argument("result", help="a run folder with a finished re-train")
+    p.add_argument("--format", choices=("peft", "bipeft"), default="peft")
+    p.add_argument("--out", help="the export folder (default: RUN/export-<format>)")
+    sub.add_parser("plugins", help="list every registered module type, strategy, space, target map and task")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    printer = Printer("quiet" if args.quiet else "jsonl" if args.jsonl else "normal")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    commands = {
+        "run": lambda: cmd_run(args, printer),
+        "search": lambda: cmd_run(args, printer, stages=("search",)),
+        "retrain": lambda: cmd_retrain(args, printer),
+        "show": lambda: cmd_show(args, printer),
+        "export": lambda: cmd_export(args, printer),
+        "plugins": lambda: cmd_plugins(args, printer),
+    }
+    try:
+        return commands[args.command]()
+    except BipeftError as exc:
+        print(f"bipeft: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

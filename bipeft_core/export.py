@@ -1,0 +1,476 @@
+"""Exporting a trained :class:`~bipeft_core.structure.PeftModel`, and loading it back.
+
+Two formats (``docs/export.md`` describes them file by file):
+
+* ``"peft"``: Hugging Face ``peft``'s own LoRA layout (``adapter_config.json``
+  with a ``LoraConfig`` and ``adapter_model.safetensors``), loadable with
+  ``peft.PeftModel.from_pretrained(base_model, path)``. Only structures made
+  of LoRA modules alone can be written this way; each LoRA keeps its own rank
+  and scale through ``rank_pattern`` / ``alpha_pattern`` keys that are
+  anchored full module names, checked at export (with peft's own matching
+  rules) to select exactly their one module. The task head (classifier,
+  pooler, score) goes in ``modules_to_save``. bipeft also writes its
+  ``structure.json`` and ``export.json`` there (peft ignores them), so
+  :func:`load_peft` can rebuild bipeft's own model from the folder too.
+* ``"bipeft"``: bipeft's own format, for every structure: ``structure.json``
+  (:meth:`Structure.save`), ``adapter.safetensors`` (the
+  :meth:`PeftModel.trainable_state_dict`: module weights, task head, and the
+  backbone for full fine-tuning) and ``export.json`` (format name and
+  version, checksums, and which parts peft could not represent).
+
+:func:`load_peft` loads either back onto a fresh backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bipeft_core.errors import BipeftError, StructureError
+from bipeft_core.structure import PeftModel, Structure
+
+__all__ = ["FORMATS", "export", "export_bipeft", "export_peft", "load_peft"]
+
+FORMATS = ("peft", "bipeft")
+EXPORT_VERSION = 1
+
+EXPORT_FILE = "export.json"
+STRUCTURE_FILE = "structure.json"
+ADAPTER_FILE = "adapter.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+_ALL_FILES = (EXPORT_FILE, STRUCTURE_FILE, ADAPTER_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
+
+_PEFT_PREFIX = "base_model.model."
+_LORA_TYPE = "lora"
+_FULL_PART = "full fine-tuning (backbone weights)"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _import_peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise BipeftError(
+            "exporting to the peft format needs the 'peft' package, which is not installed: "
+            "pip install 'bipeft[peft]' (or export with format='bipeft', which needs nothing extra)"
+        ) from None
+    return peft
+
+
+def _version() -> str:
+    from bipeft_core import __version__
+
+    return __version__
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prepare_folder(path: str | Path, overwrite: bool) -> Path:
+    """Create ``path``; refuse a non-empty folder unless ``overwrite`` (then
+    remove only the files an export writes, so a stale file of the other
+    format cannot mislead a loader)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BipeftError(f"cannot export to {str(path)!r}: it is a file, not a folder; give a folder path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise BipeftError(
+                f"export folder {str(path)!r} already exists and is not empty; give a new folder, "
+                "or pass overwrite=True to replace an earlier export there"
+            )
+        for name in (*_ALL_FILES, "README.md"):
+            f = path / name
+            if f.is_file():
+                f.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share memory; each gets its own copy.
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path),
+              metadata=dict(metadata))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise StructureError(f"the export lacks its weights file {str(path)!r}; the folder is incomplete, "
+                             "export again")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StructureError(f"weights file {str(path)!r} cannot be read ({exc}); it is corrupt or "
+                             "truncated, export again") from None
+
+
+def _unrepresentable(structure: Structure) -> list[str]:
+    """What a peft ``LoraConfig`` cannot hold, one item per module type (plus
+    full fine-tuning)."""
+    parts = sorted({e.spec.type for e in structure.entries if e.spec.type != _LORA_TYPE})
+    out = [f"{t} modules" for t in parts]
+    if structure.full:
+        out.insert(0, _FULL_PART)
+    return out
+
+
+def _registry_of(plugins: Any) -> Any:
+    if plugins is None:
+        from bipeft_core.plugins import default_plugins
+
+        plugins = default_plugins()
+    return getattr(plugins, "peft_modules", plugins)
+
+
+def _check_peft_model(peft_model: Any) -> PeftModel:
+    if not isinstance(peft_model, PeftModel):
+        raise BipeftError(f"export needs a bipeft PeftModel (Structure.build(model, registry)), got "
+                          f"{type(peft_model).__name__}")
+    return peft_model
+
+
+# -- the peft format --------------------------------------------------------------------------
+
+
+def _head_modules(model: nn.Module, head_params: Sequence[str]) -> list[str]:
+    """The shortest module names that hold only task-head parameters, covering
+    every head parameter (``classifier``, ``bert.pooler``, ``score``)."""
+    heads = set(head_params)
+    modules = dict(model.named_modules())
+    out: list[str] = []
+    for pname in head_params:
+        parts = pname.split(".")
+        for i in range(1, len(parts)):
+            name = ".".join(parts[:i])
+            if name not in modules:
+                continue
+            owned = [f"{name}.{n}" for n, _ in modules[name].named_parameters()]
+            if all(n in heads for n in owned):
+                if name not in out:
+                    out.append(name)
+                break
+        else:
+            raise StructureError(f"head parameter {pname!r} does not sit in a module of its own; peft's "
+                                 "modules_to_save cannot hold it; export with format='bipeft'")
+    return out
+
+
+def _anchored(name: str) -> str:
+    return "^" + re.escape(name) + "$"
+
+
+def _pattern_matches(key: str, name: str) -> bool:
+    """peft's ``get_pattern_key`` rule: the key matches a suffix of the name."""
+    try:
+        from peft.utils.other import get_pattern_key
+    except ImportError:  # pragma: no cover - peft moved it; use its documented rule
+        return re.match(rf"(.*\.)?({key})$", name) is not None
+    return get_pattern_key([key], name) == key
+
+
+def _is_target(config: Any, name: str) -> bool:
+    """peft's ``check_target_module_exists``: does ``config`` put a LoRA on ``name``?"""
+    try:
+        from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+    except ImportError:  # pragma: no cover - peft moved it; use its documented rule
+        if config.modules_to_save and any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in config.modules_to_save):
+            return False
+        return name in config.target_modules or any(name.endswith(f".{t}") for t in config.target_modules)
+    found = check_target_module_exists(config, name)
+    return bool(found) and not isinstance(found, _ExcludedModule)
+
+
+def _number(x: float) -> int | float:
+    return int(round(x)) if abs(x - round(x)) < 1e-12 else float(x)
+
+
+def _lora_config(peft: Any, peft_model: PeftModel, base_model_name_or_path: str | None) -> tuple[Any, list[str]]:
+    """The ``LoraConfig`` for ``peft_model``'s LoRA modules, checked against
+    the model's module names with peft's matching rules."""
+    model = peft_model.model
+    wanted: dict[str, tuple[int, int | float, str]] = {}  # module name -> (rank, alpha, fan_in_fan_out class)
+    for e, mod in zip(peft_model.structure.entries, peft_model.peft):
+        target = e.spec.site("target")
+        if target in wanted:
+            raise StructureError(f"two LoRA modules on {target!r}; peft holds one LoRA per module, "
+                                 "export with format='bipeft'")
+        rank = int(mod.lora_A.shape[0])
+        scale = float(getattr(mod, "scale", 1.0))
+        wanted[target] = (rank, _number(scale * rank), type(model.get_submodule(target)).__name__)
+    if not wanted:
+        raise StructureError("the structure has no LoRA module; a peft LoraConfig needs at least one, "
+                             "export with format='bipeft'")
+    # Defaults: the most common rank, and the most common alpha at that rank;
+    # the others go in the patterns.
+    r = Counter(v[0] for v in wanted.values()).most_common(1)[0][0]
+    alpha = Counter(v[1] for v in wanted.values() if v[0] == r).most_common(1)[0][0]
+    rank_pattern = {_anchored(n): v[0] for n, v in wanted.items() if v[0] != r}
+    alpha_pattern = {_anchored(n): v[1] for n, v in wanted.items() if v[1] != alpha}
+    heads = _head_modules(model, peft_model.head_names)
+    fan_in_fan_out = any(v[2] == "Conv1D" for v in wanted.values())
+    if fan_in_fan_out and not all(v[2] == "Conv1D" for v in wanted.values()):
+        raise StructureError("the LoRA targets mix Conv1D and Linear layers; one peft LoraConfig cannot "
+                             "describe both, export with format='bipeft'")
+    config = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=sorted(wanted),
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, modules_to_save=heads or None,
+        fan_in_fan_out=fan_in_fan_out, base_model_name_or_path=base_model_name_or_path,
+    )
+    _verify_config(config, model, wanted, heads)
+    return config, heads
+
+
+def _verify_config(config: Any, model: nn.Module, wanted: Mapping[str, tuple[int, Any, str]],
+                   heads: Sequence[str]) -> None:
+    """Every pattern key selects exactly its module, the targets are exactly
+    the LoRA sites, and each resolves to its rank and alpha, as peft will
+    resolve them."""
+    names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+    for patterns in (config.rank_pattern, config.alpha_pattern):
+        for key in patterns:
+            hits = [n for n in names if _pattern_matches(key, n)]
+            if len(hits) != 1 or _anchored(hits[0]) != key:
+                raise StructureError(f"peft pattern key {key!r} matches {hits[:5]}, not exactly one module; "
+                                     "export with format='bipeft'")
+    targets = sorted(n for n in names if _is_target(config, n))
+    if targets != sorted(wanted):
+        extra, lost = sorted(set(targets) - set(wanted)), sorted(set(wanted) - set(targets))
+        raise StructureError(f"the peft config would put LoRA on {extra[:5]} and miss {lost[:5]}; "
+                             "export with format='bipeft'")
+    for name, (rank, alpha, _) in wanted.items():
+        r_key = next((k for k in config.rank_pattern if _pattern_matches(k, name)), None)
+        a_key = next((k for k in config.alpha_pattern if _pattern_matches(k, name)), None)
+        got = (config.rank_pattern.get(r_key, config.r), config.alpha_pattern.get(a_key, config.lora_alpha))
+        if got != (rank, alpha):
+            raise StructureError(f"the peft config gives {name!r} rank/alpha {got}, not {(rank, alpha)}")
+    for head in heads:
+        # peft wraps every module whose name ends with a modules_to_save entry.
+        hits = [n for n in names if n.endswith(head)]
+        if hits != [head]:
+            raise StructureError(f"peft's modules_to_save entry {head!r} would wrap {hits[:5]}, not just "
+                                 "the task head; export with format='bipeft'")
+
+
+def _peft_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for e, mod in zip(peft_model.structure.entries, peft_model.peft):
+        target = e.spec.site("target")
+        out[f"{_PEFT_PREFIX}{target}.lora_A.weight"] = mod.lora_A.detach()
+        out[f"{_PEFT_PREFIX}{target}.lora_B.weight"] = mod.lora_B.detach()
+    params = dict(peft_model.model.named_parameters())
+    for n in peft_model.head_names:
+        out[f"{_PEFT_PREFIX}{n}"] = params[n].detach()
+    return out
+
+
+def export_peft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Write ``peft_model`` as a Hugging Face ``peft`` LoRA adapter.
+
+    Only for structures made of LoRA modules alone (else a
+    :class:`StructureError` names the other module types). Writes
+    ``adapter_config.json``, ``adapter_model.safetensors``, and bipeft's
+    ``structure.json`` and ``export.json``. Load with
+    ``peft.PeftModel.from_pretrained(base_model, path)`` (``base_model`` the
+    same architecture and backbone weights) or with :func:`load_peft`.
+    """
+    peft_model = _check_peft_model(peft_model)
+    structure = peft_model.structure
+    unsupported = _unrepresentable(structure)
+    if unsupported:
+        raise StructureError(
+            f"peft's LoraConfig cannot represent this structure's {', '.join(unsupported)}; only structures "
+            "made of LoRA modules alone export to peft. Export with format='bipeft' and load it with "
+            "bipeft_core.load_peft(model, path)"
+        )
+    peft = _import_peft()
+    config, heads = _lora_config(peft, peft_model, base_model_name_or_path)
+    path = _prepare_folder(path, overwrite)
+    config.save_pretrained(str(path))
+    _save_tensors(_peft_state(peft_model), path / PEFT_WEIGHTS_FILE, {"format": "pt"})
+    structure.save(path / STRUCTURE_FILE)
+    _write_export_json(path, "peft", peft_model, [], weights=PEFT_WEIGHTS_FILE,
+                       base_model_name_or_path=base_model_name_or_path,
+                       extra={"peft_version": getattr(peft, "__version__", "?"), "modules_to_save": heads})
+    return path
+
+
+# -- the bipeft format ------------------------------------------------------------------------
+
+
+def _write_export_json(path: Path, fmt: str, peft_model: PeftModel, unsupported: list[str], *,
+                       weights: str, base_model_name_or_path: str | None,
+                       extra: Mapping[str, Any] | None = None) -> None:
+    model = peft_model.model
+    data = {
+        "format": fmt,
+        "version": EXPORT_VERSION,
+        "bipeft_version": _version(),
+        "model_class": type(model).__name__,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "base_model_name_or_path": base_model_name_or_path,
+        "modules_by_type": dict(Counter(e.spec.type for e in peft_model.structure.entries)),
+        "full_fine_tuning": peft_model.structure.full,
+        "head_parameters": list(peft_model.head_names),
+        "peft_cannot_represent": unsupported,
+        "files": {name: _sha256(path / name) for name in (STRUCTURE_FILE, weights)},
+        **dict(extra or {}),
+    }
+    # Written last: a folder without it is an interrupted export.
+    (path / EXPORT_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def export_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write ``peft_model`` in bipeft's own format (any structure):
+    ``structure.json``, ``adapter.safetensors`` (module weights ``peft.<i>.*``,
+    task head ``head.<name>``, backbone ``backbone.<name>`` for full
+    fine-tuning) and ``export.json``. Load with :func:`load_peft`."""
+    peft_model = _check_peft_model(peft_model)
+    path = _prepare_folder(path, overwrite)
+    peft_model.structure.save(path / STRUCTURE_FILE)
+    _save_tensors(peft_model.trainable_state_dict(), path / ADAPTER_FILE,
+                  {"format": "pt", "bipeft_format": "bipeft", "bipeft_version": _version()})
+    _write_export_json(path, "bipeft", peft_model, _unrepresentable(peft_model.structure), weights=ADAPTER_FILE,
+                       base_model_name_or_path=base_model_name_or_path)
+    return path
+
+
+def export(peft_model: PeftModel, path: str | Path, format: str = "peft", *,
+           base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+    """Export in ``format`` (``"peft"`` or ``"bipeft"``); see
+    :func:`export_peft` and :func:`export_bipeft`."""
+    fmt = str(format).lower()
+    if fmt == "peft":
+        return export_peft(peft_model, path, base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
+    if fmt == "bipeft":
+        return export_bipeft(peft_model, path, base_model_name_or_path=base_model_name_or_path,
+                             overwrite=overwrite)
+    raise BipeftError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _read_export_json(path: Path) -> dict[str, Any]:
+    f = path / EXPORT_FILE
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StructureError(f"{str(f)!r} is not valid JSON ({exc}); the export is corrupt, export again") from None
+    if not isinstance(data, dict) or data.get("format") not in FORMATS:
+        raise StructureError(f"{str(f)!r} is not a bipeft export description (its 'format' must be one of "
+                             f"{list(FORMATS)}); the file was edited or is corrupt")
+    version = data.get("version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise StructureError(f"export format version {version!r} in {str(f)!r} is not one this bipeft "
+                             f"reads (up to {EXPORT_VERSION}); upgrade bipeft")
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise StructureError(f"{str(f)!r} lists no files; the file was edited or is corrupt")
+    for name, digest in files.items():
+        p = path / str(name)
+        if not p.is_file():
+            raise StructureError(f"the export lacks {str(p)!r}; the folder is incomplete, export again")
+        if _sha256(p) != digest:
+            raise StructureError(f"{str(p)!r} does not match the checksum in export.json; it was changed "
+                                 "or is corrupt, export again")
+    return data
+
+
+def _from_peft_layout(state: Mapping[str, torch.Tensor], pm: PeftModel) -> dict[str, torch.Tensor]:
+    """peft's key layout back to :meth:`PeftModel.trainable_state_dict`'s."""
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+    for i, e in enumerate(pm.structure.entries):
+        if e.spec.type != _LORA_TYPE:
+            raise StructureError(f"a peft-format export holds only LoRA modules, but its structure.json has "
+                                 f"{e.spec.id}; the folder was edited or is corrupt")
+        target = e.spec.site("target")
+        for part in ("lora_A", "lora_B"):
+            key = f"{_PEFT_PREFIX}{target}.{part}.weight"
+            if key not in state:
+                raise StructureError(f"the peft weights lack {key!r}; the folder was edited or is corrupt")
+            out[f"peft.{i}.{part}"] = state.pop(key)
+    for n in pm.head_names:
+        key = f"{_PEFT_PREFIX}{n}"
+        if key in state:
+            out[f"head.{n}"] = state.pop(key)
+    if state:
+        raise StructureError(f"the peft weights hold keys bipeft does not place: {sorted(state)[:5]}")
+    return out
+
+
+def _check_state(state: Mapping[str, torch.Tensor], pm: PeftModel, where: Path) -> None:
+    expected = pm.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise StructureError(
+            f"the weights in {str(where)!r} do not fit this model and structure (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}); was the export made from another model architecture?"
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise StructureError(f"weight {k!r} in {str(where)!r} has shape {tuple(v.shape)} but this model "
+                                 f"needs {tuple(expected[k].shape)}; the export belongs to another model size")
+
+
+def load_peft(model: nn.Module, path: str | Path, plugins: Any = None) -> PeftModel:
+    """Load an export written by :func:`export_bipeft` (or :func:`export_peft`)
+    onto ``model``, a fresh backbone of the same architecture and base weights.
+
+    Builds the saved structure on ``model`` with the module types of
+    ``plugins`` (a :class:`~bipeft_core.plugins.Plugins` or a PEFT-module
+    registry; default :func:`~bipeft_core.plugins.default_plugins`), then
+    loads the weights, and returns bipeft's :class:`PeftModel`. A folder
+    written by peft itself (no ``export.json``) is refused with a pointer to
+    ``peft.PeftModel.from_pretrained``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise StructureError(f"export folder {str(path)!r} does not exist")
+    if not (path / EXPORT_FILE).is_file():
+        if (path / PEFT_CONFIG_FILE).is_file():
+            raise StructureError(
+                f"{str(path)!r} is a peft adapter folder without bipeft's export.json; load it with peft: "
+                "peft.PeftModel.from_pretrained(model, path)"
+            )
+        raise StructureError(f"{str(path)!r} is not a bipeft export (no {EXPORT_FILE}); give a folder written "
+                             "by bipeft_core.export(...), or export again if it was interrupted")
+    info = _read_export_json(path)
+    structure = Structure.load(path / STRUCTURE_FILE)
+    weights = path / (ADAPTER_FILE if info["format"] == "bipeft" else PEFT_WEIGHTS_FILE)
+    state = _load_tensors(weights)
+    registry = _registry_of(plugins)
+    pm = structure.build(model, registry)
+    try:
+        if info["format"] == "peft":
+            state = _from_peft_layout(state, pm)
+        _check_state(state, pm, weights)
+        pm.load_trainable_state_dict(state)
+    except BaseException:
+        pm.detach_hooks()
+        raise
+    return pm

