@@ -71,7 +71,10 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
                 return task.evaluate(m, data, batch_size=settings.eval_batch_size)
     if settings.max_train_examples is not None:
         train = list(train)[: settings.max_train_examples]
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    from bipeft_core.distributed import setup
+
+    dist = setup()
+    device = torch.device(device) if device is not None else dist.device()
     supernet = Supernet(model, specs, plugins.peft_modules, heads=tm.heads,
                         generator=torch.Generator().manual_seed(settings.seed)).to(device)
     ctx = SearchContext(
@@ -80,11 +83,14 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
         hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=space.name,
         model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
         checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
-        resume=resume,
+        resume=resume, dist=dist,
     )
     result = components["optimizer"].search(ctx)
     supernet.detach_hooks()
-    plugins.hook.bipeft_after_search(result=result)
+    dist.check_same("final structure", torch.tensor(sorted(e.spec.index for e in result.structure.entries)),
+                    torch.tensor([e.rank or 0 for e in result.structure.entries]))
+    if dist.is_main:
+        plugins.hook.bipeft_after_search(result=result)
     return result
 
 
@@ -118,10 +124,15 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
                 return task.evaluate(m, data, batch_size=settings.eval_batch_size)
     if settings.max_train_examples is not None:
         train = list(train)[: settings.max_train_examples]
+    from bipeft_core.distributed import setup
+
+    dist = setup()
+    peft_model.to(dist.device())
     params = [p for p in peft_model.parameters() if p.requires_grad]
     started = time.perf_counter()
     out = train_model(peft_model, params, list(train), settings=settings, collate=collate_fn or default_collate,
-                      loss=loss_fn or default_loss, evaluate=evaluate_fn, progress=progress)
+                      loss=loss_fn or default_loss, evaluate=evaluate_fn, progress=progress and dist.is_main,
+                      dist=dist)
     wall = time.perf_counter() - started
     best = out["epochs"][out["best_epoch"]]
     val_metrics = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}

@@ -113,25 +113,37 @@ class Run:
     :meth:`open`; :meth:`execute` runs the stages that are not done."""
 
     def __init__(self, folder: Path, pipeline: Pipeline, info: dict[str, Any]) -> None:
+        from bipeft_core.distributed import setup
+
         self.folder = folder
         self.pipeline = pipeline
         self.info = info
+        self.dist = setup()
+        """Under a launcher only the main process writes into the folder."""
 
     # -- the folder ----------------------------------------------------------------------
     @classmethod
     def create(cls, folder: str | os.PathLike[str], pipeline: Pipeline, *, argv: list[str] | None = None) -> Run:
+        from bipeft_core.distributed import setup
+
         folder = Path(folder)
-        if folder.exists() and any(folder.iterdir()):
-            raise RunError(f"the run folder {folder} already exists and is not empty; resume it with --resume, "
-                           "or choose another folder (--out)")
         if pipeline.model.task is None:
             raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
+        dist = setup()
+        taken = folder.exists() and any(folder.iterdir()) if dist.is_main else None
+        if dist.broadcast_object(taken):
+            raise RunError(f"the run folder {folder} already exists and is not empty; resume it with --resume, "
+                           "or choose another folder (--out)")
+        if not dist.is_main:
+            dist.barrier()  # the main process writes the folder
+            return cls.open(folder, plugins=pipeline.plugins)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "spec.toml").write_text(pipeline.to_toml(), encoding="utf-8")
         info = {"format": "bipeft-run", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "argv": argv or sys.argv, "seed": pipeline.search_settings.seed, "versions": versions(),
-                "stages": {}}
+                "processes": dist.world, "stages": {}}
         _write_json(folder / "run.json", info)
+        dist.barrier()
         return cls(folder, pipeline, info)
 
     @classmethod
@@ -144,7 +156,8 @@ class Run:
         return cls(folder, pipeline, info)
 
     def _save_info(self) -> None:
-        _write_json(self.folder / "run.json", self.info)
+        if self.dist.is_main:
+            _write_json(self.folder / "run.json", self.info)
 
     def stage_done(self, stage: str) -> bool:
         return self.info["stages"].get(stage, {}).get("done", False)
@@ -188,8 +201,9 @@ class Run:
         result = self.pipeline.search(self.fresh_model(data), data.prepared.train, data.prepared.validation,
                                       task=data.prepared, progress=progress, checkpoint_dir=self.folder / "search",
                                       checkpoint_every=checkpoint_every, resume=resume)
-        _write_json(self.folder / "search_result.json", result.to_dict())
-        result.structure.save(self.folder / "structure.json")
+        if self.dist.is_main:
+            _write_json(self.folder / "search_result.json", result.to_dict())
+            result.structure.save(self.folder / "structure.json")
         self.info["stages"]["search"] = {"done": True, "wall_time": result.wall_time,
                                          "process_time": time.perf_counter() - started, "resumed": resume}
         self._save_info()
@@ -203,13 +217,14 @@ class Run:
         rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train, data.prepared.validation,
                                    data.prepared.test, task=data.prepared, progress=progress)
         out = self.folder / "retrain"
-        out.mkdir(exist_ok=True)
-        state = {k: v.contiguous() for k, v in rt.model.trainable_state_dict().items()}
-        save_file(state, str(out / "adapter.safetensors"), metadata={"format": "bipeft-trainable"})
         metrics = {"epochs": list(rt.epochs), "best_epoch": rt.best_epoch, "validation": rt.validation,
                    "test": rt.test, "wall_time": rt.wall_time, "peft_params": rt.peft_params,
                    "primary_metric": data.prepared.primary_metric}
-        _write_json(out / "metrics.json", metrics)
+        if self.dist.is_main:
+            out.mkdir(exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in rt.model.trainable_state_dict().items()}
+            save_file(state, str(out / "adapter.safetensors"), metadata={"format": "bipeft-trainable"})
+            _write_json(out / "metrics.json", metrics)
         self.info["stages"]["retrain"] = {"done": True, "wall_time": rt.wall_time}
         self._save_info()
         return metrics
@@ -234,5 +249,7 @@ class Run:
             summary.update(metric=metrics["primary_metric"], test=metrics["test"], validation=metrics["validation"],
                            retrain_time=metrics["wall_time"],
                            search_retrain_ratio=summary["search_time"] / max(metrics["wall_time"], 1e-9))
-        _write_json(self.folder / "summary.json", summary)
+        if self.dist.is_main:
+            _write_json(self.folder / "summary.json", summary)
+        self.dist.barrier()
         return summary

@@ -165,4 +165,6 @@ class SearchContext:
     """A :class:`~bipeft_core.checkpoint.CheckpointManager`, or ``None``."""
     resume: bool = False
     """Continue from the checkpoint if there is one."""
+    dist: Any = None
+    """The :class:`~bipeft_core.distributed.Dist` of a multi-process run (``None``: one process)."""
     started: float = attrs.field(factory=time.perf_counter)

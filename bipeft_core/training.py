@@ -87,12 +87,18 @@ def train_model(
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = False,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
     (by the first metric ``evaluate`` returns). Returns per-epoch metrics,
     the best epoch and the wall time; the best state is loaded back."""
-    loader = make_loader(train, settings.batch_size, collate, seed=settings.seed, shuffle=True)
+    from bipeft_core.distributed import Dist
+
+    dist = dist or Dist()
+    loader = make_loader(dist.shard(train), max(1, settings.batch_size // dist.world), collate, seed=settings.seed,
+                         shuffle=True)
+    device = next((p.device for p in params), torch.device("cpu"))
     opt = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = linear_schedule(opt, len(loader) * settings.epochs, settings.warmup_ratio)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -105,11 +111,12 @@ def train_model(
         total = 0.0
         for step, batch in enumerate(loader):
             opt.zero_grad(set_to_none=True)
-            value = loss(model, batch)
-            if not torch.isfinite(value):
+            value = loss(model, {k: v.to(device) for k, v in batch.items()})
+            if not torch.isfinite(dist.mean(value)):
                 raise TrainingError(f"the loss is {float(value)} at epoch {epoch} step {step}; lower the "
                                     "learning rate (retrain.lr) or check the data")
             value.backward()
+            dist.all_reduce_grads(params)
             if settings.clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
             opt.step()

