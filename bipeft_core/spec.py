@@ -42,7 +42,7 @@ import attrs
 
 from bipeft_core.budget import Budget
 from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError
-from bipeft_core.space import check_ranks
+from bipeft_core.space import _freeze_mapping, _hashable, check_ranks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,11 +55,7 @@ COMPONENT_KINDS = ("optimizer", "sensitivity", "trigger", "module_selector", "di
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
+    return _freeze_mapping(value) if isinstance(value, Mapping) else _hashable(value)
 
 
 def _thaw(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,10 +297,3 @@ class PeftModel(nn.Module):
     def detach_hooks(self) -> None:
         for m in self.peft:
             m.detach()
-
-
-def entries_by(entries: Iterable[StructureEntry], key: str) -> dict[str, list[StructureEntry]]:
-    out: dict[str, list[StructureEntry]] = defaultdict(list)
-    for e in entries:
-        out[getattr(e.spec, key)].append(e)
-    return dict(out)

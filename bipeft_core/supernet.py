@@ -201,13 +201,14 @@ class Supernet(nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.beta]
 
-    def module_products(self) -> list[list[torch.Tensor] | None]:
-        """Per module: ``θ ⊙ ∂L/∂θ`` for each of its tensors, or ``None``
-        where it has no gradient (not computed)."""
-        out: list[list[torch.Tensor] | None] = []
+    def module_products(self) -> list[list[torch.Tensor | None] | None]:
+        """Per module, ``θ ⊙ ∂L/∂θ`` for each of its tensors (``None`` for a
+        tensor without gradient; ``None`` for a module not computed at all):
+        what a :class:`~bipeft_core.SensitivityEstimator` observes."""
+        out: list[list[torch.Tensor | None] | None] = []
         for m in self.peft:
-            prods = [(p.detach() * p.grad).flatten() for p in m.parameters() if p.grad is not None]
-            out.append(prods if prods else None)
+            prods = [(p.detach() * p.grad) if p.grad is not None else None for p in m.parameters()]
+            out.append(prods if any(t is not None for t in prods) else None)
         return out
 
     # -- configuring a forward -------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 import torch
-from bipeft_plugins.strategies.iterative import check_finite, products
+from bipeft_plugins.strategies.iterative import check_finite
 
 from bipeft_core.budget import fill_walk
 from bipeft_core.hookspecs import hookimpl
@@ -231,7 +231,7 @@ class PrunePEFT(Optimizer):
                 sn.alpha.grad = sn.beta.grad = None
                 if s.clip_norm:
                     torch.nn.utils.clip_grad_norm_([w for w in weights if w.grad is not None], s.clip_norm)
-                prods = products(sn)
+                prods = sn.module_products()
                 opt.step()
                 sched.step()
                 sens.observe(train=prods, val=[None] * len(prods), active=~sn.pruned)

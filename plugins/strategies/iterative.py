@@ -32,16 +32,6 @@ GATE_GRADIENTS = ("straight_through", "sampled_only")
 VARIANTS = ("bipeft", "entangled", "no_iteration", "no_selection")
 
 
-def products(supernet) -> list[list[torch.Tensor | None] | None]:
-    """Per module, ``θ ⊙ ∂L/∂θ`` for each of its tensors (``None`` for a
-    tensor without gradient; ``None`` for a module not computed at all)."""
-    out: list[list[torch.Tensor | None] | None] = []
-    for m in supernet.peft:
-        prods = [(p.detach() * p.grad) if p.grad is not None else None for p in m.parameters()]
-        out.append(prods if any(t is not None for t in prods) else None)
-    return out
-
-
 def check_finite(loss: torch.Tensor, where: str, step: int) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(
@@ -301,7 +291,7 @@ class Iterative(Optimizer):
                 loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
         loss_b.backward()
         dist.all_reduce_grads([*weights, sn.alpha, sn.beta])
-        val_products = products(sn)
+        val_products = sn.module_products()
         frozen_rows = {id(sn.alpha): sn.pruned, id(sn.beta): sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix}
         saved = [(p, frozen_rows[id(p)], p.detach()[frozen_rows[id(p)]].clone()) for p in stepped]
         for p in (sn.alpha, sn.beta):
@@ -323,7 +313,7 @@ class Iterative(Optimizer):
         dist.all_reduce_grads(weights)
         if s.clip_norm:
             torch.nn.utils.clip_grad_norm_([p for p in weights if p.grad is not None], s.clip_norm)
-        train_products = products(sn)
+        train_products = sn.module_products()
         opt_w.step()
         sched.step()
         comps["sensitivity"].observe(train=train_products, val=val_products, active=~sn.pruned)
