@@ -83,8 +83,9 @@ class Dist:
             offset += n
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over ranks (detached)."""
         if not self.enabled:
-            return value
+            return value.detach()
         out = value.detach().clone().float()
         td.all_reduce(out, op=td.ReduceOp.SUM)
         return out / self.world
