@@ -338,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     printer = Printer("quiet" if args.quiet else "jsonl" if args.jsonl else "normal")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # "Some weights ... newly initialized" is expected here: the task head is new
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
     commands = {
         "run": lambda: cmd_run(args, printer),
         "search": lambda: cmd_run(args, printer, stages=("search",)),

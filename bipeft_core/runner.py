@@ -106,6 +106,8 @@ class Data:
     task: Any
     prepared: Any
     model_path: str
+    spare_model: Any = None
+    """The model loaded to prepare the task, handed to the first stage that needs a fresh one."""
 
 
 class Run:
@@ -183,11 +185,15 @@ class Run:
         splits = task.load(data_dir, seed=pipe.search_settings.seed,
                            max_train_examples=pipe.search_settings.max_train_examples)
         prepared = prepare_task(task, splits, tokenizer, model, max_length=pipe.model.max_length)
-        return Data(task=task, prepared=prepared, model_path=model_path)
+        return Data(task=task, prepared=prepared, model_path=model_path, spare_model=model)
 
     def fresh_model(self, data: Data) -> Any:
+        """A freshly loaded backbone with a new task head (seeded)."""
         from bipeft_core.tasks import load_task_model
 
+        if data.spare_model is not None:
+            model, data.spare_model = data.spare_model, None
+            return model
         return load_task_model(data.model_path, data.task, seed=self.pipeline.search_settings.seed)
 
     # -- the stages ----------------------------------------------------------------------
