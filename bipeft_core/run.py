@@ -63,14 +63,8 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
     budget = pipeline.budget.resolve(total)
     if getattr(components["optimizer"], "budgeted", True):
         check_budget(specs, budget)
-    if task is not None:
-        collate_fn = collate_fn or task.collate
-        loss_fn = loss_fn or task.loss
-        if evaluate_fn is None and validation is not None:
-            def evaluate_fn(m, data=validation):
-                return task.evaluate(m, data, batch_size=settings.eval_batch_size)
-    if settings.max_train_examples is not None:
-        train = list(train)[: settings.max_train_examples]
+    train, collate_fn, loss_fn, evaluate_fn = _training_functions(
+        task, settings, train, validation, collate_fn, loss_fn, evaluate_fn)
     from bipeft_core.distributed import setup
 
     dist = setup()
@@ -79,7 +73,7 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
                         generator=torch.Generator().manual_seed(settings.seed)).to(device)
     ctx = SearchContext(
         supernet=supernet, specs=specs, budget=budget, backbone_params=total, components=components,
-        settings=settings, train=list(train), collate=collate_fn or default_collate, loss=loss_fn or default_loss,
+        settings=settings, train=train, collate=collate_fn, loss=loss_fn,
         hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=space.name,
         model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
         checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
@@ -116,22 +110,16 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
     torch.manual_seed(settings.seed)
     tm = find_target_map(model, plugins.target_maps, _target_map(pipeline, plugins, target_map))
     peft_model = structure.build(model, plugins.peft_modules, heads=[h for h in tm.heads])
-    if task is not None:
-        collate_fn = collate_fn or task.collate
-        loss_fn = loss_fn or task.loss
-        if evaluate_fn is None and validation is not None:
-            def evaluate_fn(m, data=validation):
-                return task.evaluate(m, data, batch_size=settings.eval_batch_size)
-    if settings.max_train_examples is not None:
-        train = list(train)[: settings.max_train_examples]
+    train, collate_fn, loss_fn, evaluate_fn = _training_functions(
+        task, settings, train, validation, collate_fn, loss_fn, evaluate_fn)
     from bipeft_core.distributed import setup
 
     dist = setup()
     peft_model.to(dist.device())
     params = [p for p in peft_model.parameters() if p.requires_grad]
     started = time.perf_counter()
-    out = train_model(peft_model, params, list(train), settings=settings, collate=collate_fn or default_collate,
-                      loss=loss_fn or default_loss, evaluate=evaluate_fn, progress=progress and dist.is_main,
+    out = train_model(peft_model, params, train, settings=settings, collate=collate_fn,
+                      loss=loss_fn, evaluate=evaluate_fn, progress=progress and dist.is_main,
                       dist=dist)
     wall = time.perf_counter() - started
     best = out["epochs"][out["best_epoch"]]
@@ -142,6 +130,21 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
     return RetrainResult(model=peft_model, epochs=tuple(out["epochs"]), best_epoch=out["best_epoch"],
                          validation=val_metrics, test=test_metrics, wall_time=wall,
                          peft_params=peft_model.peft_parameter_count())
+
+
+def _training_functions(task, settings, train, validation, collate_fn, loss_fn, evaluate_fn):
+    """The examples (capped), collate, loss and evaluation to use: explicit
+    functions first, then the prepared task's, then the defaults."""
+    if task is not None:
+        collate_fn = collate_fn or task.collate
+        loss_fn = loss_fn or task.loss
+        if evaluate_fn is None and validation is not None:
+            def evaluate_fn(m, data=validation):
+                return task.evaluate(m, data, batch_size=settings.eval_batch_size)
+    train = list(train)
+    if settings.max_train_examples is not None:
+        train = train[: settings.max_train_examples]
+    return train, collate_fn or default_collate, loss_fn or default_loss, evaluate_fn
 
 
 def _target_map(pipeline: Any, plugins: Any, override: Any) -> Any:

@@ -8,12 +8,11 @@ normalisation layers. Count: the output width.
 from __future__ import annotations
 
 import torch
+from bipeft_plugins.modules._vector import VectorModuleType
 from torch import nn
 
 from bipeft_core.hookspecs import hookimpl
-from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule
-from bipeft_core.space import Shape
 
 
 class BitFitModule(PeftModule):
@@ -25,24 +24,10 @@ class BitFitModule(PeftModule):
         return self.w(self.bias).expand_as(output)
 
 
-class BitFit(PeftModuleType):
+class BitFit(VectorModuleType):
     name = "bitfit"
-    kind = "vector"
-    roles = ("target",)
     site_kind = "any"
-
-    def shape(self, sites, **options):
-        s = sites["target"]
-        return Shape(in_features=s.in_features, out_features=s.out_features)
-
-    def param_count(self, shape, rank, **options):
-        return shape.out_features
-
-    def supernet(self, spec, model):
-        return BitFitModule(spec)
-
-    def discrete(self, spec, model, rank):
-        return BitFitModule(spec)
+    module_class = BitFitModule
 
 
 @hookimpl

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from bipeft_plugins.modules._vector import VectorModuleType
 from torch import nn
 
 from bipeft_core.hookspecs import hookimpl
-from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule
-from bipeft_core.space import Shape
 
 
 def normalised_input(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -44,24 +43,10 @@ class LNFitModule(PeftModule):
         return self.w(self.scale) * normalised_input(self._norm[0], x).to(self.scale.dtype)
 
 
-class LNFit(PeftModuleType):
+class LNFit(VectorModuleType):
     name = "lnfit"
-    kind = "vector"
-    roles = ("target",)
     site_kind = "norm"
-
-    def shape(self, sites, **options):
-        s = sites["target"]
-        return Shape(in_features=s.in_features, out_features=s.out_features)
-
-    def param_count(self, shape, rank, **options):
-        return shape.out_features
-
-    def supernet(self, spec, model):
-        return LNFitModule(spec)
-
-    def discrete(self, spec, model, rank):
-        return LNFitModule(spec)
+    module_class = LNFitModule
 
 
 @hookimpl
