@@ -293,12 +293,16 @@ class PrunedRecorder:
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_search_reaches_budget_and_retrain_matches_count(family):
     train = synthetic(192, t5=family == "t5")
-    pipe = pipeline(1500)
     rec = PrunedRecorder()
-    pipe = pipe.evolve(plugins=load_plugins([rec], entry_points=False))
+    pipe = Pipeline(budget=1500, trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 8,
+                                          "window": 3},
+                    search_settings={"epochs": 10, "batch_size": 16, "lr": 1e-3},
+                    retrain_settings={"epochs": 1, "batch_size": 16}, plugins=load_plugins([rec], entry_points=False))
     result = pipe.search(tiny_model(family), train)
     assert result.count <= result.budget == 1500
-    assert result.budget_met and result.trace
+    # the selection reaches the budget within the run: every trigger fired before the epochs ran out
+    assert result.budget_met and len(result.trace) == 8 and result.trace[-1].triggers_left == 0
+    assert result.steps < 10 * 6 and not any("ran out" in n for n in result.notes)
     assert result.structure.count() == result.count
     # pruning is monotone: nothing comes back
     for a, b in zip(rec.masks, rec.masks[1:]):
