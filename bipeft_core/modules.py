@@ -16,6 +16,12 @@ and a controller sets, before each forward,
 * ``detach_weights``: compute with the weights detached (a module sampled off
   in an architecture step: its weights' gradients are zero there anyway);
 
+A type whose ``delta`` can apply the gate to a small tensor (the rank vector
+inside a low-rank product, a bias vector, a scalar) sets ``folds_gate`` and
+uses :meth:`PeftModule.inner_scale` and :meth:`PeftModule.gated`; the result
+is the same as multiplying the whole output by the gate, without a
+full-size multiplication forward and backward for every module.
+
 and the *discrete* form is built at one rank, with these left at their
 defaults (on, no gate, full rank).
 """
@@ -23,7 +29,7 @@ defaults (on, no gate, full rank).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -63,6 +69,10 @@ class PeftModule(nn.Module):
     output. Multi-site types override :meth:`_register`.
     """
 
+    folds_gate: ClassVar[bool] = False
+    """``True`` when :meth:`delta` applies ``gate`` itself (through
+    :meth:`inner_scale` or :meth:`gated`), so the hook does not multiply."""
+
     def __init__(self, spec: ModuleSpec, ranks: tuple[int, ...]) -> None:
         super().__init__()
         self.spec = spec
@@ -89,8 +99,20 @@ class PeftModule(nn.Module):
         self.rank_mask = None
         self.detach_weights = False
 
-    def _apply_gate(self, delta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def inner_scale(self, r: int) -> torch.Tensor | None:
+        """The ``(r,)`` factor for the rank units of a low-rank product: the
+        rank mask times the gate (either may be absent; ``None`` if both are)."""
+        scale = self.rank_mask[:r] if self.rank_mask is not None else None
         if self.gate is not None:
+            scale = self.gate.reshape(1) if scale is None else scale * self.gate
+        return scale
+
+    def gated(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` times the gate, if there is one (for a small tensor: a bias, a scalar)."""
+        return t if self.gate is None else t * self.gate
+
+    def _apply_gate(self, delta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None and not self.folds_gate:
             delta = delta * self.gate
         return delta.to(like.dtype)
 

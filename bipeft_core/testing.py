@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from bipeft_core.interfaces import PeftModuleType
+from bipeft_core.modules import PeftModule, get_submodule
 from bipeft_core.space import ModuleSpec, Shape, check_ranks
 from bipeft_core.targets import ROLES, Site
 
@@ -506,6 +507,27 @@ def check_peft_module_type(
     _expect(any(bool(gate.grad != 0) for gate in gates),
             f"{name} ({family}): no gate of 0 gets a nonzero straight-through gradient")
     net.zero_grad(set_to_none=True)
+    # the gate scales a single-site module's contribution linearly (a type that folds the gate
+    # into a small tensor must not apply it twice, or to part of its delta only)
+    for spec, m in zip(specs, net.peft):
+        if type(m)._register is not PeftModule._register:
+            continue
+        seen: list[torch.Tensor] = []
+        handle = get_submodule(model, spec.site("target")).register_forward_hook(
+            lambda _m, _a, out, seen=seen: seen.append(out.detach().clone()))
+        try:
+            for other in net.peft:
+                other.reset_controls()
+                other.enabled = other is m
+            for g in (0.0, 0.5, 1.0):
+                m.gate = torch.tensor(g)
+                with torch.no_grad():
+                    net(**batch)
+        finally:
+            handle.remove()
+        s0, s_half, s1 = seen[-3], seen[-2], seen[-1]
+        _expect(torch.allclose(s_half - s0, 0.5 * (s1 - s0), rtol=1e-4, atol=1e-6),
+                f"{spec.id}: a gate of 0.5 does not scale the module's contribution by 0.5")
     top = candidates[-1]
     for m in net.peft:
         m.reset_controls()

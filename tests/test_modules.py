@@ -200,6 +200,9 @@ class _TrailingSliceLoRA(LoRA):
 
 
 class _UngatedBitFitModule(BitFitModule):
+    def gated(self, t):  # ignores the gate
+        return t
+
     def _apply_gate(self, delta, like):
         return delta.to(like.dtype)
 
@@ -209,6 +212,19 @@ class _UngatedBitFit(BitFit):
 
     def supernet(self, spec, model):
         return _UngatedBitFitModule(spec)
+
+
+class _NonLinearGateModule(BitFitModule):
+    def delta(self, x, output):  # g·(2 − g): right at 0 and 1, with a gradient at 0, wrong in between
+        b = self.gated(self.w(self.bias))
+        return b if self.gate is None else b * (2 - self.gate)
+
+
+class _NonLinearGateBitFit(BitFit):
+    name = "bitfit_nonlinear_gate"
+
+    def supernet(self, spec, model):
+        return _NonLinearGateModule(spec)
 
 
 class _AlwaysOnModule(BitFitModule):
@@ -233,6 +249,7 @@ class _AlwaysOnBitFit(BitFit):
         (_NonZeroLoRA(), "zero-initialised supernet changes the output"),
         (_TrailingSliceLoRA(), "outside the leading slices|outside its leading slice"),
         (_UngatedBitFit(), "gate of 0"),
+        (_NonLinearGateBitFit(), "gate of 0.5"),
         (_AlwaysOnBitFit(), "switched-off"),
     ],
     ids=lambda v: getattr(v, "name", "msg"),

@@ -11,6 +11,7 @@ from bipeft_core.modules import PeftModule
 
 
 class BottleneckModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec, ranks, d_in: int, d_out: int, init_std: float = 0.01) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank
@@ -22,9 +23,10 @@ class BottleneckModule(PeftModule):
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         r = self.rank
         h = F.gelu(F.linear(x.to(self.down.dtype), self.w(self.down)[:r], self.w(self.down_bias)[:r]))
-        if self.rank_mask is not None:
-            h = h * self.rank_mask[:r]
-        return F.linear(h, self.w(self.up)[:, :r], self.w(self.up_bias))
+        s = self.inner_scale(r)  # the rank mask and the gate
+        if s is not None:
+            h = h * s
+        return F.linear(h, self.w(self.up)[:, :r], self.gated(self.w(self.up_bias)))
 
 
 def bottleneck_count(d_in: int, d_out: int, rank: int) -> int:

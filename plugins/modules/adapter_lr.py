@@ -26,6 +26,7 @@ def bottleneck_of(d: int, reduction: int = 32) -> int:
 
 
 class AdapterLRModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec, ranks, reduction: int = 32) -> None:
         super().__init__(spec, ranks)
         d = spec.shape.out_features
@@ -48,9 +49,10 @@ class AdapterLRModule(PeftModule):
             h = h * mask
         h = F.gelu(F.linear(h, self.w(self.down_u)[:, :r], self.w(self.down_bias)))
         h = F.linear(h, self.w(self.up_v)[:r])
-        if mask is not None:
-            h = h * mask
-        return F.linear(h, self.w(self.up_u)[:, :r], self.w(self.up_bias))
+        s = self.inner_scale(r)  # the rank mask and the gate
+        if s is not None:
+            h = h * s
+        return F.linear(h, self.w(self.up_u)[:, :r], self.gated(self.w(self.up_bias)))
 
 
 class AdapterLR(PeftModuleType):

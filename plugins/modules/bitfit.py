@@ -16,12 +16,13 @@ from bipeft_core.modules import PeftModule
 
 
 class BitFitModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec, ranks=()) -> None:
         super().__init__(spec, ())
         self.bias = nn.Parameter(torch.zeros(spec.shape.out_features))
 
     def delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        return self.w(self.bias).expand_as(output)
+        return self.gated(self.w(self.bias))  # broadcast onto the output by the hook's addition
 
 
 class BitFit(VectorModuleType):

@@ -28,6 +28,7 @@ def normalised_input(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class LNFitModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec, ranks=()) -> None:
         super().__init__(spec, ())
         self.scale = nn.Parameter(torch.zeros(spec.shape.out_features))
@@ -40,7 +41,7 @@ class LNFitModule(PeftModule):
         super()._register(model)
 
     def delta(self, x, output):
-        return self.w(self.scale) * normalised_input(self._norm[0], x).to(self.scale.dtype)
+        return self.gated(self.w(self.scale)) * normalised_input(self._norm[0], x).to(self.scale.dtype)
 
 
 class LNFit(VectorModuleType):

@@ -21,6 +21,7 @@ from bipeft_core.space import ModuleSpec, Shape
 
 
 class LoRAModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec: ModuleSpec, ranks: tuple[int, ...], scale: float = 1.0) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank
@@ -34,9 +35,10 @@ class LoRAModule(PeftModule):
         a = self.w(self.lora_A)[:r]
         b = self.w(self.lora_B)[:, :r]
         h = F.linear(x.to(a.dtype), a)
-        if self.rank_mask is not None:
-            h = h * self.rank_mask[:r]
-        return F.linear(h, b) * self.scale
+        s = self.inner_scale(r)  # rank mask and gate, on the (…, r) product
+        if s is not None:
+            h = h * s
+        return F.linear(h, b * self.scale) if self.scale != 1.0 else F.linear(h, b)
 
 
 class LoRA(PeftModuleType):

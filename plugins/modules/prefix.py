@@ -39,6 +39,7 @@ def attention_heads(model: nn.Module) -> int:
 
 
 class PrefixModule(PeftModule):
+    folds_gate = True
     def __init__(self, spec, ranks, heads: int, scaled: bool = True, init_std: float = 0.02) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank
@@ -63,7 +64,7 @@ class PrefixModule(PeftModule):
                 return None
             self.calls += 1
             ctx = input_of(args, kwargs)
-            d = self._apply_gate(self.attend(q) * self.w(self.prefix_gate), ctx)
+            d = self._apply_gate(self.attend(q) * self.gated(self.w(self.prefix_gate)), ctx)
             new_args = (ctx + d,) + tuple(args[1:]) if args else args
             return new_args, kwargs
 
