@@ -52,8 +52,16 @@ class Dist:
         return self.rank == 0
 
     def device(self) -> torch.device:
-        if torch.cuda.is_available() and self.enabled:
-            return torch.device("cuda", self.local_rank)
+        """This process's device: ``$BIPEFT_DEVICE`` when set (``cpu``,
+        ``cuda``, ``cuda:1``), else its GPU when CUDA is available (the
+        launcher's local rank), else the CPU."""
+        forced = os.environ.get("BIPEFT_DEVICE")
+        if forced:
+            if forced == "cuda" and self.enabled:
+                return torch.device("cuda", self.local_rank)
+            return torch.device(forced)
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return torch.device("cpu")
 
     def shard(self, examples: Sequence[Any]) -> list[Any]:

@@ -97,6 +97,8 @@ class RetrainResult:
     test: dict[str, float] | None
     wall_time: float
     peft_params: int
+    step_time: float | None = None
+    """Median seconds of one training step (evaluation excluded)."""
 
 
 def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequence[Any],
@@ -129,7 +131,7 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
         test_metrics = task.evaluate(peft_model, test, batch_size=settings.eval_batch_size)
     return RetrainResult(model=peft_model, epochs=tuple(out["epochs"]), best_epoch=out["best_epoch"],
                          validation=val_metrics, test=test_metrics, wall_time=wall,
-                         peft_params=peft_model.peft_parameter_count())
+                         peft_params=peft_model.peft_parameter_count(), step_time=out["step_time"])
 
 
 def _training_functions(task, settings, train, validation, collate_fn, loss_fn, evaluate_fn):

@@ -225,6 +225,7 @@ class Run:
         out = self.folder / "retrain"
         metrics = {"epochs": list(rt.epochs), "best_epoch": rt.best_epoch, "validation": rt.validation,
                    "test": rt.test, "wall_time": rt.wall_time, "peft_params": rt.peft_params,
+                   "step_time": rt.step_time,
                    "primary_metric": data.prepared.primary_metric}
         if self.dist.is_main:
             out.mkdir(exist_ok=True)

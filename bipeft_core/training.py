@@ -5,6 +5,7 @@ with best-epoch selection."""
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -88,11 +89,16 @@ def train_model(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = False,
     dist: Any = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
-    (by the first metric ``evaluate`` returns). Returns per-epoch metrics,
-    the best epoch and the wall time; the best state is loaded back."""
+    (by the first metric ``evaluate`` returns). ``on_step(global_step)`` is
+    called after each optimiser step, before the gradients are cleared (as
+    peft's AdaLoRA needs for ``update_and_allocate``). Returns per-epoch
+    metrics, the best epoch, the wall time and the median time of a training
+    step (forward, backward and optimiser step; evaluation excluded); the
+    best state is loaded back."""
     from bipeft_core.distributed import Dist
 
     dist = dist or Dist()
@@ -106,10 +112,13 @@ def train_model(
     started = time.perf_counter()
     names = {id(p): n for n, p in model.named_parameters()}
     bar = progress_bar(progress, total=len(loader) * settings.epochs, desc="train")
+    step_times: list[float] = []
+    global_step = 0
     for epoch in range(settings.epochs):
         model.train()
         total = 0.0
         for step, batch in enumerate(loader):
+            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             value = loss(model, {k: v.to(device) for k, v in batch.items()})
             if not torch.isfinite(dist.mean(value)):
@@ -121,7 +130,11 @@ def train_model(
                 torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
             opt.step()
             sched.step()
+            global_step += 1
+            if on_step is not None:
+                on_step(global_step)
             total += float(value.detach())
+            step_times.append(time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix_str(f"epoch {epoch} loss {float(value.detach()):.4f}", refresh=False)
         record = {"epoch": epoch, "train_loss": total / max(1, len(loader))}
@@ -141,4 +154,5 @@ def train_model(
             for n, v in best[2].items():
                 by_name[n].copy_(v)
     return {"epochs": epochs, "best_epoch": best[1] if best else settings.epochs - 1,
-            "wall_time": time.perf_counter() - started}
+            "wall_time": time.perf_counter() - started, "steps": global_step,
+            "step_time": statistics.median(step_times) if step_times else None}

@@ -3,8 +3,9 @@ import names (plugins/ -> bipeft_plugins, spaces/ -> bipeft_spaces)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

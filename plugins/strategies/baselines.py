@@ -128,6 +128,7 @@ class S3Delta(Optimizer):
         stop = False
         for _epoch in range(s.epochs):
             for batch_a in loader_a:
+                t0 = time.perf_counter()
                 try:
                     batch_b = next(it_b)
                 except StopIteration:
@@ -158,7 +159,7 @@ class S3Delta(Optimizer):
                 sched.step()
                 state.step += 1
                 history.append({"step": state.step, "loss": float(loss_a.detach()),
-                                "expected_size": float((p * sizes).sum())})
+                                "expected_size": float((p * sizes).sum()), "step_time": time.perf_counter() - t0})
                 if _after_step(ctx, state, control):
                     stop = True
                     break
@@ -222,6 +223,7 @@ class PrunePEFT(Optimizer):
         stop = False
         for _epoch in range(s.epochs):
             for batch in loader:
+                t0 = time.perf_counter()
                 sn.train()
                 sn.zero_grad(set_to_none=True)
                 sn.configure("all_on")
@@ -252,7 +254,7 @@ class PrunePEFT(Optimizer):
                     if ctx.hook is not None:
                         ctx.hook.bipeft_on_trigger(event=trace[-1], state=state)
                 history.append({"step": state.step, "loss": float(loss.detach()),
-                                "remaining": int((~sn.pruned).sum())})
+                                "remaining": int((~sn.pruned).sum()), "step_time": time.perf_counter() - t0})
                 if _after_step(ctx, state, control):
                     stop = True
                     break
