@@ -119,6 +119,13 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
     dist = setup()
     peft_model.to(dist.device())
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    if not params:
+        from bipeft_core.errors import TrainingError
+
+        raise TrainingError(
+            f"nothing to train: the structure has {len(structure.entries)} modules and the model no trainable "
+            "task head (a tied LM head is not one); search with a larger budget, or a space whose smallest "
+            "module fits the budget")
     started = time.perf_counter()
     out = train_model(peft_model, params, train, settings=settings, collate=collate_fn,
                       loss=loss_fn, evaluate=evaluate_fn, progress=progress and dist.is_main,

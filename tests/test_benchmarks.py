@@ -1,0 +1,192 @@
+"""The benchmark harness: its grid follows the protocol, its report computes
+what it says, and the peft peers count what they train."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bipeft_core.distributed import Dist
+from bipeft_core.spec import TrainSpec
+from bipeft_core.testing import tiny_model
+from bipeft_core.training import train_model
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+grid = _load("grid")
+
+
+def test_protocol_grid_has_the_cells_of_the_notes():
+    cells = grid.protocol_cells(grid.TASKS, grid.BUDGETS, grid.METHODS, grid.SEEDS)
+    ids = [grid.cell_id(**c) for c in cells]
+    assert len(ids) == len(set(ids))
+    # seed 42: 5 tasks x (5 budgeted methods x 2 budgets + 5 fixed-size methods)
+    assert sum(c["seed"] == 42 for c in cells) == 5 * (5 * 2 + 5)
+    extra = [c for c in cells if c["seed"] != 42]
+    # seeds 43, 44: STS-B, MRPC, CoLA x (5 budgeted at 0.1 % + peft LoRA)
+    assert len(extra) == 2 * 3 * 6
+    assert {c["task"] for c in extra} == {"stsb", "mrpc", "cola"}
+    assert {c["budget"] for c in extra} == {"0.1%", None}
+    assert {c["method"] for c in extra if c["budget"] is None} == {"peft_lora"}
+    assert not any(c["method"] in ("lora", "bitfit", "lnfit", "full") for c in extra)
+    # seed 42 runs first, so one pass over the grid finishes before the extra seeds
+    first_extra = next(i for i, c in enumerate(cells) if c["seed"] != 42)
+    assert all(c["seed"] == 42 for c in cells[:first_extra])
+    assert "stsb-b0.1-bipeft-s42" in ids and "sst2-fixed-full-s42" in ids
+
+
+def test_restricted_grid():
+    cells = grid.protocol_cells(("stsb",), ("0.1%",), ("bipeft", "bitfit"), (42,))
+    assert [grid.cell_id(**c) for c in cells] == ["stsb-b0.1-bipeft-s42", "stsb-fixed-bitfit-s42"]
+
+
+def _cell(method, seed, score, budget="0.1%", ratio=0.4, **extra):
+    return {"task_key": "stsb", "budget_value": budget, "method": method, "seed": seed, "metric": "pearson",
+            "test": {"pearson": score}, "peft_params": 20000, "ratio_of_backbone": 20000 / 22565376,
+            "budget_met": True, "search_time": 10.0 * ratio, "retrain_time": 10.0, "search_retrain_ratio": ratio,
+            "peak_rss_mb": 900.0 + seed, "search_pass_start": None, "search_pass_end": None,
+            "retrain_step_time": 0.8, "max_train": None, "train_epochs": 3, **extra}
+
+
+def test_aggregate_means_and_sample_std_over_seeds():
+    rows = grid.aggregate([_cell("bipeft", 42, 0.80), _cell("bipeft", 43, 0.84), _cell("bipeft", 44, 0.82),
+                           _cell("bitfit", 42, 0.83, budget=None)])
+    by = {r["method"]: r for r in rows}
+    assert by["bipeft"]["mean"] == pytest.approx(82.0)
+    assert by["bipeft"]["std"] == pytest.approx(2.0)
+    assert by["bipeft"]["seeds"] == [42, 43, 44]
+    assert by["bipeft"]["peak_rss_mb"] == 944.0
+    assert by["bitfit"]["std"] is None and by["bitfit"]["budget"] == "fixed"
+    table = "\n".join(grid.table(rows))
+    assert "82.00 ± 2.00" in table and "| – | BitFit | 83.00 |" in table
+
+
+def test_targets_say_met_and_missed_from_the_figures():
+    rows = grid.aggregate([
+        _cell("bipeft", 42, 0.84, ratio=0.3, search_pass_start=1.0, search_pass_end=0.7),
+        _cell("s3delta", 42, 0.85, ratio=0.9), _cell("prunepeft", 42, 0.80, ratio=0.2),
+        _cell("lora", 42, 0.83, budget=None)])
+    text = "\n".join(grid.targets(rows))
+    # ratio 0.3 is <= 0.5 but not below PrunePEFT's 0.2
+    assert "BIPEFT search/re-train 0.30" in text and "PrunePEFT 0.20): **missed**" in text
+    assert "BIPEFT average 84.00 vs S3Delta 85.00 over stsb: **missed**" in text
+    assert "BIPEFT average 84.00 vs LoRA r=8 (q,v) 83.00 over stsb: **met**" in text
+    assert "**falls**" in text
+
+
+def test_step_figures_per_pass():
+    history = [{"step_time": t} for t in (5.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
+    figures = grid._step_figures(history, "iterative")
+    assert figures == {"search_pass_start": 1.0, "search_pass_end": 0.5}
+    assert grid._step_figures(history, "apet") == {"search_pass_start": None, "search_pass_end": None}
+
+
+def test_report_writes_tables_from_cells(tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for c in (_cell("bipeft", 42, 0.84), _cell("apet", 42, 0.70)):
+        (cells / f"{c['method']}.json").write_text(json.dumps(c))
+    rows = grid.write_report(tmp_path, "python benchmarks/grid.py --tasks stsb")
+    assert len(rows) == 2
+    text = (tmp_path / "README.md").read_text()
+    assert "python benchmarks/grid.py --tasks stsb" in text and "| 0.1 % | APET | 70.00 |" in text
+    assert json.loads((tmp_path / "results.json").read_text())[0]["method"] == "bipeft"
+
+
+def test_unknown_method_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        grid.main(["--methods", "bipeft,lorax", "--list"])
+    assert "unknown method lorax" in capsys.readouterr().err
+
+
+peft = pytest.importorskip("peft")
+peers = _load("peers")
+
+
+def test_adalora_target_rank_is_the_largest_that_fits():
+    model = tiny_model("bert", hidden=32, layers=2)
+    per_rank = 4 * (32 + 32 + 1)  # query and value of 2 layers
+    assert peers.adalora_target_rank(model, ["query", "value"], 3 * per_rank + 5) == (3, 3 * per_rank)
+    assert peers.adalora_target_rank(model, ["query", "value"], 10) == (1, per_rank)
+    with pytest.raises(ValueError, match="no modules named"):
+        peers.adalora_target_rank(model, ["q_proj"], 1000)
+
+
+def test_adalora_kept_count_follows_its_singular_values():
+    model = tiny_model("bert", hidden=32, layers=2)
+    config = peft.AdaLoraConfig(init_r=4, target_r=2, target_modules=["query", "value"], total_step=10)
+    pm = peft.get_peft_model(model, config)
+    per_rank = 32 + 32 + 1
+    with torch.no_grad():
+        for module in pm.modules():
+            e = getattr(module, "lora_E", None)
+            if isinstance(e, torch.nn.ParameterDict):
+                e["default"].fill_(1.0)
+    assert peers.kept_count(pm) == 4 * 4 * per_rank
+    with torch.no_grad():
+        first = next(m for m in pm.modules() if isinstance(getattr(m, "lora_E", None), torch.nn.ParameterDict))
+        first.lora_E["default"][:3] = 0.0
+    assert peers.kept_count(pm) == (4 * 4 - 3) * per_rank
+
+
+def test_train_model_calls_on_step_and_times_steps():
+    model = torch.nn.Linear(3, 1)
+    data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(10)]
+    seen = []
+
+    def loss(m, b):
+        return torch.nn.functional.mse_loss(m(b["x"]), b["y"])
+
+    def collate(rows):
+        return {"x": torch.stack([r["x"] for r in rows]), "y": torch.stack([r["y"] for r in rows])}
+
+    out = train_model(model, list(model.parameters()), data, settings=TrainSpec(epochs=2, batch_size=4),
+                      collate=collate, loss=loss, on_step=seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert out["steps"] == 6 and out["step_time"] > 0
+
+
+def test_device_override(monkeypatch):
+    monkeypatch.setenv("BIPEFT_DEVICE", "meta")
+    assert Dist().device() == torch.device("meta")
+    monkeypatch.delenv("BIPEFT_DEVICE")
+    assert Dist().device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_timing_script_runs_the_three_searches_on_a_tiny_t5(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIPEFT_DEVICE", "cpu")
+    timing = _load("timing")
+    assert timing.main(["--backbone", "tiny", "--examples", "32", "--length", "8", "--batch-size", "8",
+                        "--epochs", "1", "--budget", "5%", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "timing.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["bipeft", "s3delta", "prunepeft"]
+    for r in data["rows"]:
+        assert 0 < r["peft_params"] <= r["budget"]
+        assert r["search_s"] > 0 and r["retrain_s"] > 0
+    assert "| bipeft |" in (tmp_path / "timing.md").read_text()
+
+
+def test_retrain_with_nothing_to_train_says_so():
+    from bipeft_core import Pipeline, TrainingError, load_plugins
+    from bipeft_core.structure import Structure
+
+    timing = _load("timing")
+    model = timing.build_t5(timing.TINY, 0)  # a tied LM head: no trainable head
+    pipe = Pipeline(budget="1%", space="s2", plugins=load_plugins())
+    with pytest.raises(TrainingError, match="nothing to train"):
+        pipe.retrain(model, Structure.from_choices([], {}), timing.synthetic(8, 4, 128, 0),
+                     loss_fn=timing.loss_fn)
