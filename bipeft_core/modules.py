@@ -16,14 +16,14 @@ and a controller sets, before each forward,
 * ``detach_weights``: compute with the weights detached (a module sampled off
   in an architecture step: its weights' gradients are zero there anyway);
 
+and the *discrete* form is built at one rank, with these left at their
+defaults (on, no gate, full rank).
+
 A type whose ``delta`` can apply the gate to a small tensor (the rank vector
 inside a low-rank product, a bias vector, a scalar) sets ``folds_gate`` and
 uses :meth:`PeftModule.inner_scale` and :meth:`PeftModule.gated`; the result
 is the same as multiplying the whole output by the gate, without a
 full-size multiplication forward and backward for every module.
-
-and the *discrete* form is built at one rank, with these left at their
-defaults (on, no gate, full rank).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from bipeft_core.modules import PeftModule
 
 class BottleneckModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec, ranks, d_in: int, d_out: int, init_std: float = 0.01) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank

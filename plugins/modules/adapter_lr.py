@@ -27,6 +27,7 @@ def bottleneck_of(d: int, reduction: int = 32) -> int:
 
 class AdapterLRModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec, ranks, reduction: int = 32) -> None:
         super().__init__(spec, ranks)
         d = spec.shape.out_features

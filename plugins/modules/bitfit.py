@@ -17,6 +17,7 @@ from bipeft_core.modules import PeftModule
 
 class BitFitModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec, ranks=()) -> None:
         super().__init__(spec, ())
         self.bias = nn.Parameter(torch.zeros(spec.shape.out_features))

@@ -29,6 +29,7 @@ def normalised_input(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class LNFitModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec, ranks=()) -> None:
         super().__init__(spec, ())
         self.scale = nn.Parameter(torch.zeros(spec.shape.out_features))

@@ -22,6 +22,7 @@ from bipeft_core.space import ModuleSpec, Shape
 
 class LoRAModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec: ModuleSpec, ranks: tuple[int, ...], scale: float = 1.0) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank

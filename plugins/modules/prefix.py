@@ -40,6 +40,7 @@ def attention_heads(model: nn.Module) -> int:
 
 class PrefixModule(PeftModule):
     folds_gate = True
+
     def __init__(self, spec, ranks, heads: int, scaled: bool = True, init_std: float = 0.02) -> None:
         super().__init__(spec, ranks)
         r = self.max_rank
