@@ -45,8 +45,6 @@ def load_spec(path: Path, args: argparse.Namespace) -> dict:
         if target and target != path.stem:
             continue
         key, value = assignment.split("=", 1)
-        if key.startswith("search.optimizer.") and isinstance(data["search"].get("optimizer"), str):
-            data["search"]["optimizer"] = {"name": data["search"]["optimizer"]}
         _set(data, key, _parse_value(value))
     return data
 

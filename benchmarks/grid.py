@@ -151,8 +151,6 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
             if target != cell["method"]:
                 continue
             key, value = assignment.split("=", 1)
-            if key.startswith("search.optimizer.") and isinstance(data["search"].get("optimizer"), str):
-                data["search"]["optimizer"] = {"name": data["search"]["optimizer"]}
             _set(data, key, _parse_value(value))
         pipe = Pipeline.from_dict(data, plugins=plugins, source=f"{cell['method']}.toml")
         folder = work / cell_id(**cell)
@@ -314,6 +312,13 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         print("matplotlib is not installed (pip install 'bipeft[plots]'): no plots", file=sys.stderr)
         return []
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     markers = dict(zip(METHODS + EXTRA, "o^sDvP*XhHd<>"))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
@@ -329,11 +334,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=7)
-    fig.tight_layout()
-    path = out / "metric_vs_params.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "metric_vs_params.png")
 
     timed = [r for r in rows if r["budget"] != "fixed" or r["method"] in FIXED]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
@@ -346,11 +347,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("wall time, s")
         ax.set_title(f"{task}, 0.1 % and fixed-size methods")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "wall_times.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "wall_times.png")
 
     stepped = [r for r in rows if r["search_pass_start"] is not None]
     if stepped:
@@ -362,11 +359,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_yticks(list(y), names, fontsize=7)
         ax.set_xlabel("seconds per forward+backward pass")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / "pass_times.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "pass_times.png")
     return written
 
 

@@ -63,9 +63,15 @@ def _parse_value(text: str) -> Any:
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted key; a search component given by name (``optimizer =
+    "iterative"``) becomes a table ``{name = ...}`` so its parameters can be set."""
+    from bipeft_core.spec import COMPONENT_KINDS
+
     keys = dotted.split(".")
     node = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
+        if i == 1 and keys[0] == "search" and k in COMPONENT_KINDS and isinstance(node.get(k), str):
+            node[k] = {"name": node[k]}
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise BipeftError(f"--set {dotted}: {k} is not a table")

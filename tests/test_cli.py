@@ -212,3 +212,11 @@ def test_export_bipeft_round_trip_and_non_lora_to_peft_is_refused(tiny_model_dir
     ours.eval()
     with torch.no_grad():
         assert torch.equal(ours(**batch).logits, loaded(**batch).logits)
+
+
+def test_set_reaches_a_parameter_of_a_component_given_by_name():
+    data = {"search": {"optimizer": "iterative", "epochs": 3}, "budget": {"value": "0.1%"}}
+    cli._set(data, "search.optimizer.variant", "entangled")
+    assert data["search"]["optimizer"] == {"name": "iterative", "variant": "entangled"}
+    with pytest.raises(cli.BipeftError, match="epochs is not a table"):
+        cli._set(data, "search.epochs.x", 1)
