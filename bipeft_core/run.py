@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,9 +104,13 @@ class RetrainResult:
 def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequence[Any],
             validation: Sequence[Any] | None = None, test: Sequence[Any] | None = None, *, task: Any = None,
             loss_fn: Callable | None = None, collate_fn: Callable | None = None,
-            evaluate_fn: Callable | None = None, target_map: Any = None, progress: bool = False) -> RetrainResult:
+            evaluate_fn: Callable | None = None, target_map: Any = None, progress: bool = False,
+            checkpoint: str | os.PathLike[str] | None = None) -> RetrainResult:
     """Train the structure's discrete model from fresh weights on the full
-    training set; pick the best epoch on ``validation``; evaluate on ``test``."""
+    training set; pick the best epoch on ``validation``; evaluate on ``test``.
+    ``checkpoint``: a file that keeps the training state after each epoch;
+    when it exists, training continues after its last epoch (see
+    :func:`bipeft_core.training.train_model`)."""
     plugins = pipeline.get_plugins()
     settings = pipeline.retrain_settings
     torch.manual_seed(settings.seed)
@@ -126,11 +130,10 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
             f"nothing to train: the structure has {len(structure.entries)} modules and the model no trainable "
             "task head (a tied LM head is not one); search with a larger budget, or a space whose smallest "
             "module fits the budget")
-    started = time.perf_counter()
     out = train_model(peft_model, params, train, settings=settings, collate=collate_fn,
                       loss=loss_fn, evaluate=evaluate_fn, progress=progress and dist.is_main,
-                      dist=dist)
-    wall = time.perf_counter() - started
+                      dist=dist, checkpoint=checkpoint)
+    wall = out["wall_time"]
     best = out["epochs"][out["best_epoch"]]
     val_metrics = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
     test_metrics = None

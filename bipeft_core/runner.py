@@ -220,9 +220,11 @@ class Run:
 
         if self.stage_done("retrain"):
             return _read_json(self.folder / "retrain" / "metrics.json")
-        rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train, data.prepared.validation,
-                                   data.prepared.test, task=data.prepared, progress=progress)
         out = self.folder / "retrain"
+        checkpoint = out / "checkpoint.pt"
+        resumed = checkpoint.is_file()
+        rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train, data.prepared.validation,
+                                   data.prepared.test, task=data.prepared, progress=progress, checkpoint=checkpoint)
         metrics = {"epochs": list(rt.epochs), "best_epoch": rt.best_epoch, "validation": rt.validation,
                    "test": rt.test, "wall_time": rt.wall_time, "peft_params": rt.peft_params,
                    "step_time": rt.step_time,
@@ -232,7 +234,8 @@ class Run:
             state = {k: v.detach().cpu().contiguous() for k, v in rt.model.trainable_state_dict().items()}
             save_file(state, str(out / "adapter.safetensors"), metadata={"format": "bipeft-trainable"})
             _write_json(out / "metrics.json", metrics)
-        self.info["stages"]["retrain"] = {"done": True, "wall_time": rt.wall_time}
+            checkpoint.unlink(missing_ok=True)
+        self.info["stages"]["retrain"] = {"done": True, "wall_time": rt.wall_time, "resumed": resumed}
         self._save_info()
         return metrics
 

@@ -4,10 +4,12 @@ with best-epoch selection."""
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,6 +92,7 @@ def train_model(
     progress: bool = False,
     dist: Any = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
@@ -98,7 +101,14 @@ def train_model(
     peft's AdaLoRA needs for ``update_and_allocate``). Returns per-epoch
     metrics, the best epoch, the wall time and the median time of a training
     step (forward, backward and optimiser step; evaluation excluded); the
-    best state is loaded back."""
+    best state is loaded back.
+
+    ``checkpoint``: a file that receives the whole training state after each
+    epoch (weights, optimiser, schedule, shuffling and dropout random states,
+    the best epoch so far, the per-epoch metrics, the time spent). If the
+    file exists when training starts, training continues after its last
+    epoch and ends with the same weights and metrics as an uninterrupted
+    run; the reported wall time includes the earlier epochs."""
     from bipeft_core.distributed import Dist
 
     dist = dist or Dist()
@@ -114,7 +124,25 @@ def train_model(
     bar = progress_bar(progress, total=len(loader) * settings.epochs, desc="train")
     step_times: list[float] = []
     global_step = 0
-    for epoch in range(settings.epochs):
+    first_epoch, earlier_time = 0, 0.0
+    ckpt = _EpochCheckpoint(checkpoint, names=[names[id(p)] for p in params], settings=settings,
+                            steps_per_epoch=len(loader)) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = ckpt.load()
+        by_name = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in state["params"].items():
+                by_name[n].copy_(v)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loader.generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        best, epochs, step_times = state["best"], state["epochs"], state["step_times"]
+        first_epoch, global_step, earlier_time = state["epoch"] + 1, state["global_step"], state["wall_time"]
+        bar.update(global_step)
+    for epoch in range(first_epoch, settings.epochs):
         model.train()
         total = 0.0
         for step, batch in enumerate(loader):
@@ -145,6 +173,13 @@ def train_model(
             if best is None or metrics[key] > best[0]:
                 best = (metrics[key], epoch, {names[id(p)]: p.detach().clone() for p in params})
         epochs.append(record)
+        if ckpt is not None and dist.is_main:
+            ckpt.save({"epoch": epoch, "global_step": global_step, "epochs": epochs, "best": best,
+                       "step_times": step_times, "wall_time": earlier_time + time.perf_counter() - started,
+                       "params": {names[id(p)]: p.detach().cpu() for p in params},
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                       "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
         if on_epoch is not None:
             on_epoch(epoch, record)
     bar.close()
@@ -154,5 +189,43 @@ def train_model(
             for n, v in best[2].items():
                 by_name[n].copy_(v)
     return {"epochs": epochs, "best_epoch": best[1] if best else settings.epochs - 1,
-            "wall_time": time.perf_counter() - started, "steps": global_step,
+            "wall_time": earlier_time + time.perf_counter() - started, "steps": global_step,
             "step_time": statistics.median(step_times) if step_times else None}
+
+
+class _EpochCheckpoint:
+    """The training state at the end of the last finished epoch, in one file
+    written atomically (a kill never leaves half a file), with what it was
+    made for, so that a checkpoint of another training is refused."""
+
+    FORMAT = "bipeft-train-checkpoint"
+
+    def __init__(self, path: str | os.PathLike[str], *, names: list[str], settings: Any,
+                 steps_per_epoch: int) -> None:
+        self.path = Path(path)
+        self.made_for = {"params": names, "epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
+                         "batch_size": settings.batch_size, "steps_per_epoch": steps_per_epoch}
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, payload: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"format": self.FORMAT, "made_for": self.made_for, **payload}, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            data = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or foreign file raises many kinds
+            raise TrainingError(f"the training checkpoint {self.path} is corrupt or not bipeft's "
+                                f"({type(exc).__name__}: {exc}); delete it to train from the start") from None
+        if not isinstance(data, dict) or data.get("format") != self.FORMAT:
+            raise TrainingError(f"{self.path} is not a bipeft training checkpoint; delete it to train from "
+                                "the start")
+        if data["made_for"] != self.made_for:
+            diff = sorted(k for k in self.made_for if data["made_for"].get(k) != self.made_for[k])
+            raise TrainingError(f"the training checkpoint {self.path} belongs to another training (it differs in "
+                                f"{', '.join(diff)}); delete it to train this one from the start")
+        return data

@@ -78,6 +78,41 @@ def test_interrupted_run_resumes_to_the_same_structure(tiny_model_dir, data_dir,
     assert json.loads((out / "run.json").read_text())["stages"]["search"]["resumed"]
 
 
+def test_interrupted_retrain_resumes_after_its_last_finished_epoch(tiny_model_dir, data_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    import bipeft_core.run as run_module
+
+    ref = tmp_path / "ref"
+    args = ["--data-dir", str(data_dir), "--set", "retrain.epochs=3"]
+    assert cli.main(run_args(tiny_model_dir, ref, *args)) == 0
+    original = run_module.train_model
+    epochs_run = []
+
+    def cut_after_first_epoch(*a, **kw):
+        def on_epoch(epoch, record):
+            epochs_run.append(epoch)
+            if epoch == 0:
+                raise KeyboardInterrupt
+        return original(*a, **kw, on_epoch=on_epoch)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(run_module, "train_model", cut_after_first_epoch)
+    assert cli.main(run_args(tiny_model_dir, out, *args)) == cli.EXIT_INTERRUPTED
+    assert (out / "retrain" / "checkpoint.pt").is_file() and not (out / "retrain" / "metrics.json").exists()
+    assert cli.main(["run", "--resume", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert epochs_run == [0, 1, 2]  # epoch 0 was not trained again
+    assert not (out / "retrain" / "checkpoint.pt").exists()
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert stages["retrain"]["resumed"] and not stages["search"]["resumed"]
+    got, want = (json.loads((d / "retrain" / "metrics.json").read_text()) for d in (out, ref))
+    for key in ("epochs", "best_epoch", "validation", "test", "peft_params"):
+        assert got[key] == want[key], key
+    a, b = (load_file(str(d / "retrain" / "adapter.safetensors")) for d in (out, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
