@@ -161,6 +161,41 @@ def test_autopeft_returns_front_and_best_within_budget():
     assert [t["sizes"] for t in again.extra["trials"]] == [t["sizes"] for t in trials]
 
 
+def test_autopeft_resumes_after_its_last_finished_trial(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import bipeft_plugins.strategies.autopeft as autopeft
+
+    from bipeft_core import BipeftError
+
+    train, val = synthetic(48), synthetic(16, seed=1)
+    p = pipe({"name": "autopeft", "trials": 5, "trial_epochs": 1}, budget=3000, space="s1")
+
+    def search(folder, resume=False):
+        return p.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val),
+                        checkpoint_dir=folder, resume=resume)
+
+    ref = search(None)
+    original, calls = autopeft.train_model, []
+
+    def killed_at_the_fourth_trial(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(autopeft, "train_model", killed_at_the_fourth_trial)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "ckpt")
+    calls.clear()
+    resumed = search(tmp_path / "ckpt", resume=True)
+    assert len(calls) == 2  # trials 3 and 4; the three finished ones are not trained again
+    assert resumed.extra["trials"] == ref.extra["trials"] and resumed.structure == ref.structure
+    other = pipe({"name": "autopeft", "trials": 5, "trial_epochs": 1}, budget=2000, space="s1")
+    with pytest.raises(BipeftError, match="belongs to another search"):
+        other.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val),
+                     checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+
 def test_autopeft_without_validation_is_a_clear_error():
     pytest.importorskip("optuna")
     from bipeft_core import BipeftError

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import torch
 
+from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.errors import BipeftError
 from bipeft_core.interfaces import Optimizer
 from bipeft_core.training import train_model
@@ -27,7 +28,13 @@ class AutoPEFT(Optimizer):
     (bipeft's own loop, weights shared with the supernet and reset before
     every trial) and scores it on the validation split. Returns the best
     configuration within the budget; the Pareto front and every trial are in
-    ``SearchResult.extra``."""
+    ``SearchResult.extra``.
+
+    With a checkpoint manager in the context (a run folder), every finished
+    trial is saved; a resumed search replays the saved trials through the
+    sampler without training them (checking that it proposes the same
+    configurations) and trains only the rest, so it ends where an
+    uninterrupted search would."""
 
     name = "autopeft"
     components = ()
@@ -44,6 +51,14 @@ class AutoPEFT(Optimizer):
             raise BipeftError("the autopeft strategy needs Optuna: pip install 'bipeft[autopeft]'") from None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna
+
+    @staticmethod
+    def _check_checkpoint(data: dict[str, Any], ctx) -> None:
+        if (data.get("strategy") != "autopeft" or data.get("spec_ids") != [m.id for m in ctx.specs]
+                or data.get("budget") != ctx.budget or data.get("seed") != ctx.settings.seed):
+            raise CheckpointError(
+                "the checkpoint belongs to another search (not autopeft, or other modules, budget or seed); "
+                "resume with the spec and model that wrote it, or start a new search in another folder")
 
     def search(self, ctx) -> Any:
         from bipeft_plugins.strategies.baselines import _result
@@ -67,13 +82,30 @@ class AutoPEFT(Optimizer):
         params = sn.peft_parameters() + list(sn.head_params)
         trial_settings = attrs.evolve(s, epochs=self.trial_epochs)
         records: list[dict[str, Any]] = []
-        for _ in range(self.trials):
+        ckpt = getattr(ctx, "checkpoint", None)
+        done: list[dict[str, Any]] = []
+        if ckpt is not None and getattr(ctx, "resume", False) and ckpt.exists():
+            data = ckpt.load()
+            self._check_checkpoint(data, ctx)
+            done = data["trials"]
+            started -= data["elapsed"]
+        for number in range(self.trials):
             trial = study.ask()
             size = {t: trial.suggest_categorical(f"size_{t}", options[t]) for t in types}
             on = {layer: trial.suggest_categorical(f"layer_{k}", [0, 1]) for k, layer in enumerate(layers)}
             choices = {m.index: (size[m.type] if m.is_matrix else None) for m in ctx.specs
                        if size[m.type] and on[m.layer]}
             count = sum(ctx.specs[i].count(r) for i, r in choices.items())
+            if number < len(done):  # a finished trial of the interrupted search: replayed, not trained
+                record = done[number]
+                if record["choices"] != choices:
+                    raise CheckpointError(
+                        f"autopeft: trial {number} of the checkpoint chose other modules than the sampler "
+                        "chooses now (another Optuna version or sampler?); start the search in a new folder")
+                metric_name = next(k for k in record if k not in ("trial", "sizes", "layers", "count", "choices"))
+                study.tell(trial, [record[metric_name], float(count)])
+                records.append(record)
+                continue
             with torch.no_grad():
                 for p in params:
                     p.copy_(initial[id(p)])
@@ -91,6 +123,9 @@ class AutoPEFT(Optimizer):
             study.tell(trial, [metric, float(count)])
             records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
                             "count": count, metric_name: metric, "choices": choices})
+            if ckpt is not None and (ctx.dist is None or ctx.dist.is_main):
+                ckpt.save({"strategy": self.name, "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget,
+                           "seed": s.seed, "trials": records, "elapsed": time.perf_counter() - started})
         front = {t.number for t in study.best_trials}
         within = [r for r in records if r["count"] <= ctx.budget]
         key = next(k for k in records[0] if k not in ("trial", "sizes", "layers", "count", "choices"))
