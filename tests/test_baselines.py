@@ -9,7 +9,7 @@ import torch
 from bipeft_plugins.strategies.baselines import solve_shift
 from bipeft_plugins.strategies.bipeft import BudgetGuided, GradWeightCos
 
-from bipeft_core import Pipeline, load_plugins
+from bipeft_core import Pipeline, hookimpl, load_plugins
 from bipeft_core.targets import backbone_param_count
 from bipeft_core.testing import tiny_model
 
@@ -159,6 +159,42 @@ def test_autopeft_returns_front_and_best_within_budget():
         assert result.count in {t["count"] for t in fitting}
     again = p.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val))
     assert [t["sizes"] for t in again.extra["trials"]] == [t["sizes"] for t in trials]
+
+
+class Boom(Exception):
+    pass
+
+
+class InterruptAt:
+    name = "interrupt"
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def bipeft_after_step(self, state, control):
+        if state.step == self.step:
+            raise Boom
+
+
+@pytest.mark.parametrize("optimizer, at", [({"name": "s3delta"}, 4), ({"name": "prunepeft", "rounds": 4}, 8)],
+                         ids=["s3delta", "prunepeft"])
+def test_s3delta_and_prunepeft_resume_after_their_last_finished_epoch(tmp_path, optimizer, at):
+    from bipeft_core import BipeftError
+
+    train = synthetic(96)
+    ref = pipe(optimizer, epochs=3).search(tiny_model("bert"), train)
+    cut = pipe(optimizer, epochs=3).evolve(plugins=load_plugins([InterruptAt(at)], entry_points=False))
+    with pytest.raises(Boom):  # in the second epoch: the checkpoint holds the first
+        cut.search(tiny_model("bert"), train, checkpoint_dir=tmp_path)
+    assert (tmp_path / "search-checkpoint.pt").is_file()
+    resumed = pipe(optimizer, epochs=3).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.structure == ref.structure and resumed.steps == ref.steps
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history]
+    assert [e.pruned for e in resumed.trace] == [e.pruned for e in ref.trace]
+    with pytest.raises(BipeftError, match="belongs to another search"):
+        pipe({"name": "s3delta" if optimizer["name"] == "prunepeft" else "prunepeft"}, epochs=3).search(
+            tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_autopeft_resumes_after_its_last_finished_trial(tmp_path, monkeypatch):

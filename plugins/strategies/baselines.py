@@ -13,9 +13,10 @@ from typing import Any
 
 import attrs
 import torch
-from bipeft_plugins.strategies.iterative import check_finite
+from bipeft_plugins.strategies.iterative import check_finite, load_trainable_state, trainable_state
 
 from bipeft_core.budget import fill_walk
+from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import repair_to_budget
@@ -57,6 +58,40 @@ def _after_step(ctx, state, control) -> bool:
     if ctx.hook is not None:
         ctx.hook.bipeft_after_step(state=state, control=control)
     return control.stop_requested
+
+
+class _EpochCheckpoints:
+    """Epoch-end checkpoints of a baseline's search loop, through the
+    context's checkpoint manager (a run folder's ``search/``): what the loop
+    needs to continue after its last finished epoch, stamped with the
+    strategy, modules, budget and seed so that another search's file is
+    refused."""
+
+    def __init__(self, ctx, strategy: str) -> None:
+        self.ctx, self.strategy = ctx, strategy
+        self.manager = getattr(ctx, "checkpoint", None)
+        self.stamp = {"strategy": strategy, "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget,
+                      "seed": ctx.settings.seed}
+
+    def load(self) -> dict[str, Any] | None:
+        if self.manager is None or not getattr(self.ctx, "resume", False) or not self.manager.exists():
+            return None
+        data = self.manager.load()
+        if any(data.get(k) != v for k, v in self.stamp.items()):
+            raise CheckpointError(
+                f"the checkpoint belongs to another search (not {self.strategy}, or other modules, budget or "
+                "seed); resume with the spec and model that wrote it, or start a new search in another folder")
+        return data
+
+    def save(self, payload: dict[str, Any]) -> None:
+        dist = getattr(self.ctx, "dist", None)
+        if self.manager is not None and (dist is None or dist.is_main):
+            self.manager.save({**self.stamp, **payload})
+
+
+def _trace_from(events: list[dict[str, Any]]) -> list[TriggerEvent]:
+    return [TriggerEvent(**{**e, "pruned": tuple(e["pruned"]), "fixed": tuple(map(tuple, e["fixed"]))})
+            for e in events]
 
 
 # -- S3Delta ----------------------------------------------------------------------------------
@@ -122,18 +157,37 @@ class S3Delta(Optimizer):
         opt_a = torch.optim.Adam([sn.alpha], lr=self.arch_lr)
         state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=len(loader_a))
         control, history = Control(), []
+        checkpoints = _EpochCheckpoints(ctx, self.name)
+        first_epoch, b_start, b_used = 0, loader_b.generator.get_state(), 0
+        data = checkpoints.load()
+        if data is not None:
+            load_trainable_state(sn, data["supernet"])
+            opt_w.load_state_dict(data["opt_w"])
+            opt_a.load_state_dict(data["opt_a"])
+            sched.load_state_dict(data["sched"])
+            gen.set_state(data["rng"]["gates"])
+            loader_a.generator.set_state(data["rng"]["loader_a"])
+            torch.set_rng_state(data["rng"]["torch"])
+            b_start, b_used = data["rng"]["loader_b"], data["b_used"]
+            state.step, history, first_epoch = data["step"], list(data["history"]), data["epoch"] + 1
+            started -= data["elapsed"]
         if ctx.hook is not None:
             ctx.hook.bipeft_before_search(context=ctx)
+        loader_b.generator.set_state(b_start)
         it_b = iter(loader_b)
+        for _ in range(b_used):  # where the interrupted search was in half B's order
+            next(it_b)
         stop = False
-        for _epoch in range(s.epochs):
+        for epoch in range(first_epoch, s.epochs):
             for batch_a in loader_a:
                 t0 = time.perf_counter()
                 try:
                     batch_b = next(it_b)
+                    b_used += 1
                 except StopIteration:
+                    b_start = loader_b.generator.get_state()
                     it_b = iter(loader_b)
-                    batch_b = next(it_b)
+                    batch_b, b_used = next(it_b), 1
                 sn.train()
                 # architecture step on half B
                 sn.zero_grad(set_to_none=True)
@@ -165,6 +219,12 @@ class S3Delta(Optimizer):
                     break
             if stop:
                 break
+            checkpoints.save({
+                "epoch": epoch, "step": state.step, "history": history, "supernet": trainable_state(sn),
+                "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(), "sched": sched.state_dict(),
+                "b_used": b_used, "elapsed": time.perf_counter() - started,
+                "rng": {"gates": gen.get_state(), "loader_a": loader_a.generator.get_state(), "loader_b": b_start,
+                        "torch": torch.get_rng_state()}})
         with torch.no_grad():
             p = self.probabilities(sn, sizes, ctx.budget)
         order = sorted(range(len(ctx.specs)), key=lambda i: (-float(p[i]), i))
@@ -218,10 +278,27 @@ class PrunePEFT(Optimizer):
         state.triggers_left = len(at)
         state.scores = sens.scores
         trace, history, control = [], [], Control()
+        checkpoints = _EpochCheckpoints(ctx, self.name)
+        first_epoch = 0
+        data = checkpoints.load()
+        if data is not None:
+            load_trainable_state(sn, data["supernet"])
+            opt.load_state_dict(data["opt"])
+            sched.load_state_dict(data["sched"])
+            sens.load_state_dict(data["components"]["sensitivity"])
+            msel.load_state_dict(data["components"]["module_selector"])
+            loader.generator.set_state(data["rng"]["loader"])
+            torch.set_rng_state(data["rng"]["torch"])
+            st = data["state"]
+            state.step, state.triggers_left, state.last_expected, state.last_delta, state.expected_sizes = (
+                st["step"], st["triggers_left"], st["last_expected"], st["last_delta"], st["expected_sizes"])
+            state.scores = sens.scores
+            trace, history, first_epoch = _trace_from(data["trace"]), list(data["history"]), data["epoch"] + 1
+            started -= data["elapsed"]
         if ctx.hook is not None:
             ctx.hook.bipeft_before_search(context=ctx)
         stop = False
-        for _epoch in range(s.epochs):
+        for epoch in range(first_epoch, s.epochs):
             for batch in loader:
                 t0 = time.perf_counter()
                 sn.train()
@@ -260,6 +337,15 @@ class PrunePEFT(Optimizer):
                     break
             if stop:
                 break
+            checkpoints.save({
+                "epoch": epoch, "history": history, "trace": [e.to_dict() for e in trace],
+                "supernet": trainable_state(sn), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "components": {"sensitivity": sens.state_dict(), "module_selector": msel.state_dict()},
+                "state": {"step": state.step, "triggers_left": state.triggers_left,
+                          "last_expected": state.last_expected, "last_delta": state.last_delta,
+                          "expected_sizes": state.expected_sizes},
+                "rng": {"loader": loader.generator.get_state(), "torch": torch.get_rng_state()},
+                "elapsed": time.perf_counter() - started})
         ranks = sn.argmax_rank().tolist()
         choices = {i: (ranks[i] if m.is_matrix else None) for i, m in enumerate(ctx.specs) if not bool(sn.pruned[i])}
         return _result(ctx, self.name, choices, started, steps=state.step, trace=trace, history=history,
