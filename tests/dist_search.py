@@ -1,7 +1,9 @@
 """Run by tests/test_distributed.py under a launcher (accelerate or torchrun):
 a BIPEFT search and re-train on a tiny random BERT; every rank writes what it
 decided to OUT/rank<r>.json. With ``skewed``, rank 1 trains on other data
-(its labels flipped), so only reduced values can make the ranks agree."""
+(its labels flipped), so only reduced values can make the ranks agree. Mode
+``baselines`` runs the S3Delta, PrunePEFT and AutoPEFT searches instead, on
+the skewed data."""
 
 from __future__ import annotations
 
@@ -36,11 +38,38 @@ class Decisions:
         self.events.append([list(event.pruned), [list(x) for x in event.fixed]])
 
 
+def accuracy(model, rows):
+    model.eval()
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return {"accuracy": float((logits.argmax(-1) == batch["labels"]).float().mean())}
+
+
+def baselines(out: Path, dist) -> None:
+    train = synthetic(128, flip=dist.rank == 1)
+    val = synthetic(32)
+    found = {}
+    for optimizer, space in (({"name": "s3delta"}, "s2"), ({"name": "prunepeft", "rounds": 4}, "s2"),
+                             ({"name": "autopeft", "trials": 3}, "s1")):
+        pipe = Pipeline(budget=1500, space=space, optimizer=optimizer,
+                        search_settings={"epochs": 2, "batch_size": 16, "lr": 1e-3},
+                        plugins=load_plugins(entry_points=False))
+        result = pipe.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val))
+        found[optimizer["name"]] = {"structure": result.structure.to_dict(), "count": result.count,
+                                    "losses": [h["loss"] for h in result.history],
+                                    "trials": [t.get("accuracy") for t in result.extra.get("trials", [])],
+                                    "pruned": [list(e.pruned) for e in result.trace]}
+    (out / f"rank{dist.rank}.json").write_text(json.dumps({"world": dist.world, "rank": dist.rank, **found}))
+
+
 def main() -> None:
     out, mode = Path(sys.argv[1]), sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     torch.set_num_threads(1)
     dist = setup()
+    if mode == "baselines":
+        return baselines(out, dist)
     if mode == "noreduce":  # control: without averaged gradients the ranks must disagree, and it is caught
         from bipeft_core.distributed import Dist, DistributedMismatchError
 

@@ -54,6 +54,16 @@ def test_decisions_agree_when_a_rank_sees_different_data(tmp_path):
     assert all("ranks disagree" in r["mismatch"] for r in ranks(control))
 
 
+def test_baseline_searches_agree_across_processes(tmp_path):
+    pytest.importorskip("optuna")
+    launch(str(HERE / "dist_search.py"), str(tmp_path), "baselines")
+    a, b = ranks(tmp_path)
+    for name in ("s3delta", "prunepeft", "autopeft"):
+        assert a[name] == b[name], name  # rank 1's labels are flipped: only averaged gradients agree
+        assert a[name]["count"] <= 1500 or name == "autopeft"
+    assert a["prunepeft"]["pruned"] and a["autopeft"]["trials"]
+
+
 def test_cli_run_under_the_launcher_writes_one_result(tmp_path, tiny_model_dir, data_dir):
     out = tmp_path / "run"
     launch("-m", "bipeft_core", "-q", "run", "--task", "rte", "--model", str(tiny_model_dir), "--out", str(out),

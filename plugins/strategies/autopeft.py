@@ -116,7 +116,7 @@ class AutoPEFT(Optimizer):
             sn.set_gates(None, enabled=torch.tensor([i in choices for i in range(len(ctx.specs))]))
             torch.manual_seed(s.seed)
             out = train_model(sn, params, ctx.train, settings=trial_settings, collate=ctx.collate, loss=ctx.loss,
-                              evaluate=ctx.evaluate)
+                              evaluate=ctx.evaluate, dist=ctx.dist)
             best = out["epochs"][out["best_epoch"]]
             metric_name = next(k for k in best if k not in ("epoch", "train_loss"))
             metric = float(best[metric_name])

@@ -17,6 +17,7 @@ from bipeft_plugins.strategies.iterative import check_finite, load_trainable_sta
 
 from bipeft_core.budget import fill_walk
 from bipeft_core.checkpoint import CheckpointError
+from bipeft_core.distributed import Dist
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import repair_to_budget
@@ -54,9 +55,12 @@ def _to(batch, device):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _after_step(ctx, state, control) -> bool:
+def _after_step(ctx, state, control, dist) -> bool:
+    """The plugins' after-step hook; a stop requested on any rank stops every rank."""
     if ctx.hook is not None:
         ctx.hook.bipeft_after_step(state=state, control=control)
+    if dist.enabled:
+        control.stop_requested = bool(dist.mean(torch.tensor(float(control.stop_requested))) > 0)
     return control.stop_requested
 
 
@@ -147,9 +151,12 @@ class S3Delta(Optimizer):
         with torch.no_grad():
             sn.alpha[:, 0] = 0.0
         sizes = torch.tensor([float(m.max_count) for m in ctx.specs])
+        dist = ctx.dist or Dist()
         half_a, half_b = split_halves(ctx.train, seed=s.seed)
-        loader_a = make_loader(half_a, s.batch_size, ctx.collate, seed=s.seed)
-        loader_b = make_loader(half_b, s.batch_size, ctx.collate, seed=s.seed + 1)
+        half_a, half_b = dist.shard(half_a), dist.shard(half_b)  # each rank its share; the same steps on all
+        batch = max(1, s.batch_size // dist.world)
+        loader_a = make_loader(half_a, batch, ctx.collate, seed=s.seed)
+        loader_b = make_loader(half_b, batch, ctx.collate, seed=s.seed + 1)
         gen = torch.Generator().manual_seed(s.seed)
         weights = _weights(sn)
         opt_w = torch.optim.AdamW(weights, lr=s.lr, weight_decay=s.weight_decay)
@@ -194,9 +201,10 @@ class S3Delta(Optimizer):
                 p = self.probabilities(sn, sizes, ctx.budget)
                 sn.set_gates(self.gates(p, gen))
                 loss_b = ctx.loss(sn, _to(batch_b, ctx.device))
-                check_finite(loss_b, "architecture", state.step)
+                check_finite(dist.mean(loss_b), "architecture", state.step)
                 loss_b.backward()
                 sn.beta.grad = None
+                dist.all_reduce_grads([sn.alpha])
                 opt_a.step()
                 # weight step on half A
                 sn.zero_grad(set_to_none=True)
@@ -204,17 +212,18 @@ class S3Delta(Optimizer):
                     p = self.probabilities(sn, sizes, ctx.budget)
                 sn.set_gates(self.gates(p, gen).detach())
                 loss_a = ctx.loss(sn, _to(batch_a, ctx.device))
-                check_finite(loss_a, "weight", state.step)
+                check_finite(dist.mean(loss_a), "weight", state.step)
                 loss_a.backward()
                 sn.alpha.grad = None
+                dist.all_reduce_grads(weights)
                 if s.clip_norm:
                     torch.nn.utils.clip_grad_norm_([w for w in weights if w.grad is not None], s.clip_norm)
                 opt_w.step()
                 sched.step()
                 state.step += 1
-                history.append({"step": state.step, "loss": float(loss_a.detach()),
+                history.append({"step": state.step, "loss": float(dist.mean(loss_a)),
                                 "expected_size": float((p * sizes).sum()), "step_time": time.perf_counter() - t0})
-                if _after_step(ctx, state, control):
+                if _after_step(ctx, state, control, dist):
                     stop = True
                     break
             if stop:
@@ -231,6 +240,8 @@ class S3Delta(Optimizer):
         taken = fill_walk([float(sizes[i]) for i in order], ctx.budget)
         choices = {i: (ctx.specs[i].ranks[-1] if ctx.specs[i].is_matrix else None)
                    for i, t in zip(order, taken) if t}
+        if dist.enabled:
+            dist.check_same("s3delta's selection", torch.tensor(sorted(choices)))
         notes = [f"stopped early: {control.reason}"] if control.stop_requested else []
         return _result(ctx, self.name, choices, started, steps=state.step, history=history, notes=notes,
                        scores=p.tolist())
@@ -262,7 +273,8 @@ class PrunePEFT(Optimizer):
         s, sn = ctx.settings, ctx.supernet
         sens, msel = ctx.components["sensitivity"], ctx.components["module_selector"]
         started = time.perf_counter()
-        loader = make_loader(ctx.train, s.batch_size, ctx.collate, seed=s.seed)
+        dist = ctx.dist or Dist()
+        loader = make_loader(dist.shard(ctx.train), max(1, s.batch_size // dist.world), ctx.collate, seed=s.seed)
         steps_per_epoch = len(loader)
         total = steps_per_epoch * s.epochs
         last_round = max(1, int(total * self.prune_fraction))
@@ -305,9 +317,10 @@ class PrunePEFT(Optimizer):
                 sn.zero_grad(set_to_none=True)
                 sn.configure("all_on")
                 loss = ctx.loss(sn, _to(batch, ctx.device))
-                check_finite(loss, "weight", state.step)
+                check_finite(dist.mean(loss), "weight", state.step)
                 loss.backward()
                 sn.alpha.grad = sn.beta.grad = None
+                dist.all_reduce_grads(weights)
                 if s.clip_norm:
                     torch.nn.utils.clip_grad_norm_([w for w in weights if w.grad is not None], s.clip_norm)
                 prods = sn.module_products()
@@ -321,6 +334,8 @@ class PrunePEFT(Optimizer):
                     with torch.no_grad():
                         for i in pruned:
                             sn.pruned[i] = True
+                    if dist.enabled:  # the same scores on every rank, so the same modules pruned
+                        dist.check_same(f"prunepeft's round at step {state.step}", sn.pruned)
                     state.triggers_left -= 1
                     trace.append(TriggerEvent(
                         index=len(trace), step=state.step, epoch=round(state.epoch, 4),
@@ -330,9 +345,9 @@ class PrunePEFT(Optimizer):
                         wall_time=time.perf_counter() - started))
                     if ctx.hook is not None:
                         ctx.hook.bipeft_on_trigger(event=trace[-1], state=state)
-                history.append({"step": state.step, "loss": float(loss.detach()),
+                history.append({"step": state.step, "loss": float(dist.mean(loss)),
                                 "remaining": int((~sn.pruned).sum()), "step_time": time.perf_counter() - t0})
-                if _after_step(ctx, state, control):
+                if _after_step(ctx, state, control, dist):
                     stop = True
                     break
             if stop:
