@@ -211,25 +211,54 @@ def test_autopeft_resumes_after_its_last_finished_trial(tmp_path, monkeypatch):
                         checkpoint_dir=folder, resume=resume)
 
     ref = search(None)
+    trained = sum("repeat_of" not in t for t in ref.extra["trials"])
+    assert trained >= 3
     original, calls = autopeft.train_model, []
 
-    def killed_at_the_fourth_trial(*a, **kw):
+    def killed_at_the_third_training(*a, **kw):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*a, **kw)
 
-    monkeypatch.setattr(autopeft, "train_model", killed_at_the_fourth_trial)
+    monkeypatch.setattr(autopeft, "train_model", killed_at_the_third_training)
     with pytest.raises(KeyboardInterrupt):
         search(tmp_path / "ckpt")
     calls.clear()
     resumed = search(tmp_path / "ckpt", resume=True)
-    assert len(calls) == 2  # trials 3 and 4; the three finished ones are not trained again
+    assert len(calls) == trained - 2  # the two trained trials are not trained again
     assert resumed.extra["trials"] == ref.extra["trials"] and resumed.structure == ref.structure
     other = pipe({"name": "autopeft", "trials": 5, "trial_epochs": 1}, budget=2000, space="s1")
     with pytest.raises(BipeftError, match="belongs to another search"):
         other.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val),
                      checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+
+def test_autopeft_does_not_train_the_same_modules_twice(monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    import bipeft_plugins.strategies.autopeft as autopeft
+
+    class AlwaysLargest(optuna.samplers.BaseSampler):  # proposes one configuration again and again
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, name, distribution):
+            return distribution.choices[-1]
+
+    monkeypatch.setattr(optuna.samplers, "RandomSampler", lambda seed: AlwaysLargest())
+    original, calls = autopeft.train_model, []
+    monkeypatch.setattr(autopeft, "train_model", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    train, val = synthetic(32), synthetic(16, seed=1)
+    p = pipe({"name": "autopeft", "trials": 3, "sampler": "random"}, budget=10**6, space="s1")
+    result = p.search(tiny_model("bert"), train, val, evaluate_fn=lambda m: accuracy(m, val))
+    trials = result.extra["trials"]
+    assert len(calls) == 1 and len(trials) == 3
+    assert [t.get("repeat_of") for t in trials] == [None, 0, 0]
+    assert trials[1]["accuracy"] == trials[2]["accuracy"] == trials[0]["accuracy"]
+    assert "1 trained; 2 repeated" in result.notes[0] and "picked trial 0" in result.notes[0]
 
 
 def test_autopeft_without_validation_is_a_clear_error():

@@ -19,6 +19,12 @@ from bipeft_core.interfaces import Optimizer
 from bipeft_core.training import train_model
 
 SAMPLERS = ("tpe", "nsga2", "random")
+#: the keys of a trial record besides its metric
+RECORD_KEYS = ("trial", "sizes", "layers", "count", "choices", "repeat_of", "pareto")
+
+
+def _metric_name(record: dict[str, Any]) -> str:
+    return next(k for k in record if k not in RECORD_KEYS)
 
 
 @attrs.define(kw_only=True)
@@ -34,7 +40,9 @@ class AutoPEFT(Optimizer):
     trial is saved; a resumed search replays the saved trials through the
     sampler without training them (checking that it proposes the same
     configurations) and trains only the rest, so it ends where an
-    uninterrupted search would."""
+    uninterrupted search would. A proposal that switches on the same modules
+    as an earlier trial is not trained again: trials are seeded, so it takes
+    the earlier score (its record says ``repeat_of``)."""
 
     name = "autopeft"
     components = ()
@@ -59,6 +67,11 @@ class AutoPEFT(Optimizer):
             raise CheckpointError(
                 "the checkpoint belongs to another search (not autopeft, or other modules, budget or seed); "
                 "resume with the spec and model that wrote it, or start a new search in another folder")
+
+    def _save(self, ckpt, ctx, records: list[dict[str, Any]], started: float) -> None:
+        if ckpt is not None and (ctx.dist is None or ctx.dist.is_main):
+            ckpt.save({"strategy": self.name, "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget,
+                       "seed": ctx.settings.seed, "trials": records, "elapsed": time.perf_counter() - started})
 
     def search(self, ctx) -> Any:
         from bipeft_plugins.strategies.baselines import _result
@@ -102,9 +115,17 @@ class AutoPEFT(Optimizer):
                     raise CheckpointError(
                         f"autopeft: trial {number} of the checkpoint chose other modules than the sampler "
                         "chooses now (another Optuna version or sampler?); start the search in a new folder")
-                metric_name = next(k for k in record if k not in ("trial", "sizes", "layers", "count", "choices"))
-                study.tell(trial, [record[metric_name], float(count)])
+                study.tell(trial, [record[_metric_name(record)], float(count)])
                 records.append(record)
+                continue
+            same = next((r for r in records if r["choices"] == choices), None)
+            if same is not None:  # the same modules as an earlier trial: training is seeded, so is its score
+                metric_name = _metric_name(same)
+                study.tell(trial, [same[metric_name], float(count)])
+                records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
+                                "count": count, metric_name: same[metric_name], "choices": choices,
+                                "repeat_of": same.get("repeat_of", same["trial"])})
+                self._save(ckpt, ctx, records, started)
                 continue
             with torch.no_grad():
                 for p in params:
@@ -123,14 +144,14 @@ class AutoPEFT(Optimizer):
             study.tell(trial, [metric, float(count)])
             records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
                             "count": count, metric_name: metric, "choices": choices})
-            if ckpt is not None and (ctx.dist is None or ctx.dist.is_main):
-                ckpt.save({"strategy": self.name, "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget,
-                           "seed": s.seed, "trials": records, "elapsed": time.perf_counter() - started})
+            self._save(ckpt, ctx, records, started)
         front = {t.number for t in study.best_trials}
-        within = [r for r in records if r["count"] <= ctx.budget]
-        key = next(k for k in records[0] if k not in ("trial", "sizes", "layers", "count", "choices"))
+        within = [r for r in records if r["count"] <= ctx.budget and "repeat_of" not in r]
+        key = _metric_name(records[0])
         pick = max(within, key=lambda r: (r[key], -r["count"])) if within else min(records, key=lambda r: r["count"])
-        notes = [f"autopeft: {self.trials} trials; picked trial {pick['trial']} ({key} {pick[key]:.4f}, "
+        repeats = sum("repeat_of" in r for r in records)
+        notes = [f"autopeft: {self.trials} trials ({self.trials - repeats} trained; {repeats} repeated an earlier "
+                 f"trial's modules and took its score); picked trial {pick['trial']} ({key} {pick[key]:.4f}, "
                  f"{pick['count']:,} parameters)"]
         if not within:
             notes.append("no trial fitted the budget: the smallest one is reported")
