@@ -60,21 +60,8 @@ class AutoPEFT(Optimizer):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna
 
-    @staticmethod
-    def _check_checkpoint(data: dict[str, Any], ctx) -> None:
-        if (data.get("strategy") != "autopeft" or data.get("spec_ids") != [m.id for m in ctx.specs]
-                or data.get("budget") != ctx.budget or data.get("seed") != ctx.settings.seed):
-            raise CheckpointError(
-                "the checkpoint belongs to another search (not autopeft, or other modules, budget or seed); "
-                "resume with the spec and model that wrote it, or start a new search in another folder")
-
-    def _save(self, ckpt, ctx, records: list[dict[str, Any]], started: float) -> None:
-        if ckpt is not None and (ctx.dist is None or ctx.dist.is_main):
-            ckpt.save({"strategy": self.name, "spec_ids": [m.id for m in ctx.specs], "budget": ctx.budget,
-                       "seed": ctx.settings.seed, "trials": records, "elapsed": time.perf_counter() - started})
-
     def search(self, ctx) -> Any:
-        from bipeft_plugins.strategies.baselines import _result
+        from bipeft_plugins.strategies.baselines import _EpochCheckpoints, _result
 
         if ctx.evaluate is None:
             raise BipeftError("autopeft scores every candidate on validation data: pass validation examples "
@@ -95,11 +82,10 @@ class AutoPEFT(Optimizer):
         params = sn.peft_parameters() + list(sn.head_params)
         trial_settings = attrs.evolve(s, epochs=self.trial_epochs)
         records: list[dict[str, Any]] = []
-        ckpt = getattr(ctx, "checkpoint", None)
+        checkpoints = _EpochCheckpoints(ctx, self.name)  # here: one after each trial
         done: list[dict[str, Any]] = []
-        if ckpt is not None and getattr(ctx, "resume", False) and ckpt.exists():
-            data = ckpt.load()
-            self._check_checkpoint(data, ctx)
+        data = checkpoints.load()
+        if data is not None:
             done = data["trials"]
             started -= data["elapsed"]
         for number in range(self.trials):
@@ -125,7 +111,7 @@ class AutoPEFT(Optimizer):
                 records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
                                 "count": count, metric_name: same[metric_name], "choices": choices,
                                 "repeat_of": same.get("repeat_of", same["trial"])})
-                self._save(ckpt, ctx, records, started)
+                checkpoints.save({"trials": records, "elapsed": time.perf_counter() - started})
                 continue
             with torch.no_grad():
                 for p in params:
@@ -144,7 +130,7 @@ class AutoPEFT(Optimizer):
             study.tell(trial, [metric, float(count)])
             records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
                             "count": count, metric_name: metric, "choices": choices})
-            self._save(ckpt, ctx, records, started)
+            checkpoints.save({"trials": records, "elapsed": time.perf_counter() - started})
         front = {t.number for t in study.best_trials}
         within = [r for r in records if r["count"] <= ctx.budget and "repeat_of" not in r]
         key = _metric_name(records[0])

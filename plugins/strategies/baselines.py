@@ -13,7 +13,12 @@ from typing import Any
 
 import attrs
 import torch
-from bipeft_plugins.strategies.iterative import check_finite, load_trainable_state, trainable_state
+from bipeft_plugins.strategies.iterative import (
+    check_finite,
+    load_trainable_state,
+    trace_from_dicts,
+    trainable_state,
+)
 
 from bipeft_core.budget import fill_walk
 from bipeft_core.checkpoint import CheckpointError
@@ -91,11 +96,6 @@ class _EpochCheckpoints:
         dist = getattr(self.ctx, "dist", None)
         if self.manager is not None and (dist is None or dist.is_main):
             self.manager.save({**self.stamp, **payload})
-
-
-def _trace_from(events: list[dict[str, Any]]) -> list[TriggerEvent]:
-    return [TriggerEvent(**{**e, "pruned": tuple(e["pruned"]), "fixed": tuple(map(tuple, e["fixed"]))})
-            for e in events]
 
 
 # -- S3Delta ----------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ class PrunePEFT(Optimizer):
             state.step, state.triggers_left, state.last_expected, state.last_delta, state.expected_sizes = (
                 st["step"], st["triggers_left"], st["last_expected"], st["last_delta"], st["expected_sizes"])
             state.scores = sens.scores
-            trace, history, first_epoch = _trace_from(data["trace"]), list(data["history"]), data["epoch"] + 1
+            trace, history, first_epoch = trace_from_dicts(data["trace"]), list(data["history"]), data["epoch"] + 1
             started -= data["elapsed"]
         if ctx.hook is not None:
             ctx.hook.bipeft_before_search(context=ctx)

@@ -61,6 +61,12 @@ def load_trainable_state(sn, state: dict[str, torch.Tensor]) -> None:
         p.copy_(state[f"head.{i}"])
 
 
+def trace_from_dicts(events: list[dict[str, Any]]) -> list[TriggerEvent]:
+    """Trigger events read back from a checkpoint."""
+    return [TriggerEvent(**{**e, "pruned": tuple(e["pruned"]), "fixed": tuple(map(tuple, e["fixed"]))})
+            for e in events]
+
+
 @attrs.define
 class _Cursor:
     """Where the loop is, and what it needs to replay the data order."""
@@ -173,8 +179,7 @@ class Iterative(Optimizer):
                 st["expected_sizes"], st["last_delta"], st["last_expected"])
             state.scores = sens.scores
             cursor = _Cursor(**data["cursor"])
-            trace = [TriggerEvent(**{**e, "pruned": tuple(e["pruned"]), "fixed": tuple(map(tuple, e["fixed"]))})
-                     for e in data["trace"]]
+            trace = trace_from_dicts(data["trace"])
             history = list(data["history"])
             gates.set_state(data["rng"]["gates"])
             torch.set_rng_state(data["rng"]["torch"])
