@@ -61,7 +61,7 @@ class AutoPEFT(Optimizer):
         return optuna
 
     def search(self, ctx) -> Any:
-        from bipeft_plugins.strategies.baselines import _EpochCheckpoints, _result
+        from bipeft_plugins.strategies.baselines import _LoopCheckpoints, _result
 
         if ctx.evaluate is None:
             raise BipeftError("autopeft scores every candidate on validation data: pass validation examples "
@@ -82,7 +82,7 @@ class AutoPEFT(Optimizer):
         params = sn.peft_parameters() + list(sn.head_params)
         trial_settings = attrs.evolve(s, epochs=self.trial_epochs)
         records: list[dict[str, Any]] = []
-        checkpoints = _EpochCheckpoints(ctx, self.name)  # here: one after each trial
+        checkpoints = _LoopCheckpoints(ctx, self.name)  # saved after each trial
         done: list[dict[str, Any]] = []
         data = checkpoints.load()
         if data is not None:
@@ -107,29 +107,25 @@ class AutoPEFT(Optimizer):
             same = next((r for r in records if r["choices"] == choices), None)
             if same is not None:  # the same modules as an earlier trial: training is seeded, so is its score
                 metric_name = _metric_name(same)
-                study.tell(trial, [same[metric_name], float(count)])
-                records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
-                                "count": count, metric_name: same[metric_name], "choices": choices,
-                                "repeat_of": same.get("repeat_of", same["trial"])})
-                checkpoints.save({"trials": records, "elapsed": time.perf_counter() - started})
-                continue
-            with torch.no_grad():
-                for p in params:
-                    p.copy_(initial[id(p)])
-                sn.fixed_rank.fill_(-1)
-                for i, r in choices.items():
-                    if r is not None:
-                        sn.fixed_rank[i] = r
-            sn.set_gates(None, enabled=torch.tensor([i in choices for i in range(len(ctx.specs))]))
-            torch.manual_seed(s.seed)
-            out = train_model(sn, params, ctx.train, settings=trial_settings, collate=ctx.collate, loss=ctx.loss,
-                              evaluate=ctx.evaluate, dist=ctx.dist)
-            best = out["epochs"][out["best_epoch"]]
-            metric_name = next(k for k in best if k not in ("epoch", "train_loss"))
-            metric = float(best[metric_name])
+                metric, repeat = same[metric_name], {"repeat_of": same.get("repeat_of", same["trial"])}
+            else:
+                with torch.no_grad():
+                    for p in params:
+                        p.copy_(initial[id(p)])
+                    sn.fixed_rank.fill_(-1)
+                    for i, r in choices.items():
+                        if r is not None:
+                            sn.fixed_rank[i] = r
+                sn.set_gates(None, enabled=torch.tensor([i in choices for i in range(len(ctx.specs))]))
+                torch.manual_seed(s.seed)
+                out = train_model(sn, params, ctx.train, settings=trial_settings, collate=ctx.collate,
+                                  loss=ctx.loss, evaluate=ctx.evaluate, dist=ctx.dist)
+                best = out["epochs"][out["best_epoch"]]
+                metric_name = next(k for k in best if k not in ("epoch", "train_loss"))
+                metric, repeat = float(best[metric_name]), {}
             study.tell(trial, [metric, float(count)])
             records.append({"trial": trial.number, "sizes": size, "layers": [on[x] for x in layers],
-                            "count": count, metric_name: metric, "choices": choices})
+                            "count": count, metric_name: metric, "choices": choices, **repeat})
             checkpoints.save({"trials": records, "elapsed": time.perf_counter() - started})
         front = {t.number for t in study.best_trials}
         within = [r for r in records if r["count"] <= ctx.budget and "repeat_of" not in r]

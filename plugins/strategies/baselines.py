@@ -69,12 +69,12 @@ def _after_step(ctx, state, control, dist) -> bool:
     return control.stop_requested
 
 
-class _EpochCheckpoints:
-    """Epoch-end checkpoints of a baseline's search loop, through the
-    context's checkpoint manager (a run folder's ``search/``): what the loop
-    needs to continue after its last finished epoch, stamped with the
-    strategy, modules, budget and seed so that another search's file is
-    refused."""
+class _LoopCheckpoints:
+    """Checkpoints of a baseline's search loop (S3Delta and PrunePEFT at each
+    epoch end, AutoPEFT after each trial), through the context's checkpoint
+    manager (a run folder's ``search/``): what the loop needs to continue,
+    stamped with the strategy, modules, budget and seed so that another
+    search's file is refused."""
 
     def __init__(self, ctx, strategy: str) -> None:
         self.ctx, self.strategy = ctx, strategy
@@ -164,7 +164,7 @@ class S3Delta(Optimizer):
         opt_a = torch.optim.Adam([sn.alpha], lr=self.arch_lr)
         state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=len(loader_a))
         control, history = Control(), []
-        checkpoints = _EpochCheckpoints(ctx, self.name)
+        checkpoints = _LoopCheckpoints(ctx, self.name)
         first_epoch, b_start, b_used = 0, loader_b.generator.get_state(), 0
         data = checkpoints.load()
         if data is not None:
@@ -290,7 +290,7 @@ class PrunePEFT(Optimizer):
         state.triggers_left = len(at)
         state.scores = sens.scores
         trace, history, control = [], [], Control()
-        checkpoints = _EpochCheckpoints(ctx, self.name)
+        checkpoints = _LoopCheckpoints(ctx, self.name)
         first_epoch = 0
         data = checkpoints.load()
         if data is not None:
