@@ -28,6 +28,7 @@ import attrs
 import torch
 from torch import nn
 
+from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule, get_submodule
 from bipeft_core.space import ModuleSpec, Shape, check_ranks
@@ -35,6 +36,7 @@ from bipeft_core.targets import ROLES, Site
 
 __all__ = [
     "TINY_FAMILIES",
+    "InterruptAt",
     "check_count_function",
     "check_peft_module_type",
     "discrete_spec",
@@ -47,6 +49,8 @@ __all__ = [
     "synthetic_spec",
     "tiny_batch",
     "tiny_model",
+    "toy_accuracy",
+    "toy_examples",
 ]
 
 TINY_FAMILIES = ("bert", "roberta", "t5", "gpt2", "llama")
@@ -85,6 +89,47 @@ def tiny_model(family: str, *, vocab_size: int = 128, num_labels: int = 2, hidde
                             num_labels=num_labels, pad_token_id=0, **overrides)
         return T.LlamaForSequenceClassification(cfg)
     raise ValueError(f"unknown tiny model family {family!r}; one of {TINY_FAMILIES}")
+
+
+def toy_examples(n: int, *, length: int = 8, seed: int = 0, flip: bool = False,
+                 t5: bool = False) -> list[dict[str, torch.Tensor]]:
+    """A learnable toy task for the tiny models (vocabulary 128): the label is
+    whether the first token is in the upper half. ``flip`` inverts the labels
+    (a process that sees other data); ``t5`` gives each label as two target
+    tokens (``10 + label``, end of sequence) for a text-to-text model."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(2, 128, (length,), generator=g)
+        label = int(ids[0] > 64) ^ int(flip)
+        row = {"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long)}
+        row["labels"] = torch.tensor([10 + label, 1]) if t5 else torch.tensor(label)
+        rows.append(row)
+    return rows
+
+
+def toy_accuracy(model: nn.Module, rows: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Accuracy of a sequence classifier on :func:`toy_examples` (one batch)."""
+    model.eval()
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return {"accuracy": float((logits.argmax(-1) == batch["labels"]).float().mean())}
+
+
+class InterruptAt:
+    """A plugin that raises ``error`` after search step ``step`` (to test
+    checkpoints and resume)."""
+
+    name = "interrupt"
+
+    def __init__(self, step: int, error: type[BaseException] = KeyboardInterrupt) -> None:
+        self.step, self.error = step, error
+
+    @hookimpl
+    def bipeft_after_step(self, state: Any, control: Any) -> None:
+        if state.step == self.step:
+            raise self.error
 
 
 def tiny_batch(model: nn.Module, *, batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:

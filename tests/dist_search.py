@@ -17,16 +17,8 @@ import torch
 from bipeft_core import Pipeline, hookimpl, load_plugins
 from bipeft_core.distributed import setup
 from bipeft_core.testing import tiny_model
-
-
-def synthetic(n, flip=False):
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (8,), generator=g)
-        label = int(ids[0] > 64) ^ int(flip)
-        rows.append({"input_ids": ids, "attention_mask": torch.ones(8, dtype=torch.long), "labels": torch.tensor(label)})
-    return rows
+from bipeft_core.testing import toy_accuracy as accuracy
+from bipeft_core.testing import toy_examples as synthetic
 
 
 class Decisions:
@@ -38,12 +30,7 @@ class Decisions:
         self.events.append([list(event.pruned), [list(x) for x in event.fixed]])
 
 
-def accuracy(model, rows):
-    model.eval()
-    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    return {"accuracy": float((logits.argmax(-1) == batch["labels"]).float().mean())}
+
 
 
 def baselines(out: Path, dist) -> None:

@@ -9,29 +9,13 @@ import torch
 from bipeft_plugins.strategies.baselines import solve_shift
 from bipeft_plugins.strategies.bipeft import BudgetGuided, GradWeightCos
 
-from bipeft_core import Pipeline, hookimpl, load_plugins
+from bipeft_core import Pipeline, load_plugins
 from bipeft_core.targets import backbone_param_count
-from bipeft_core.testing import tiny_model
+from bipeft_core.testing import InterruptAt, tiny_model
+from bipeft_core.testing import toy_accuracy as accuracy
+from bipeft_core.testing import toy_examples as synthetic
 
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
-
-
-def synthetic(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (8,), generator=g)
-        rows.append({"input_ids": ids, "attention_mask": torch.ones(8, dtype=torch.long),
-                     "labels": torch.tensor(int(ids[0] > 64))})
-    return rows
-
-
-def accuracy(model, rows):
-    model.eval()
-    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    return {"accuracy": float((logits.argmax(-1) == batch["labels"]).float().mean())}
 
 
 def pipe(optimizer, budget=1500, space="s2", epochs=2):
@@ -165,18 +149,6 @@ class Boom(Exception):
     pass
 
 
-class InterruptAt:
-    name = "interrupt"
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def bipeft_after_step(self, state, control):
-        if state.step == self.step:
-            raise Boom
-
-
 @pytest.mark.parametrize("optimizer, at", [({"name": "s3delta"}, 4), ({"name": "prunepeft", "rounds": 4}, 8)],
                          ids=["s3delta", "prunepeft"])
 def test_s3delta_and_prunepeft_resume_after_their_last_finished_epoch(tmp_path, optimizer, at):
@@ -184,7 +156,7 @@ def test_s3delta_and_prunepeft_resume_after_their_last_finished_epoch(tmp_path, 
 
     train = synthetic(96)
     ref = pipe(optimizer, epochs=3).search(tiny_model("bert"), train)
-    cut = pipe(optimizer, epochs=3).evolve(plugins=load_plugins([InterruptAt(at)], entry_points=False))
+    cut = pipe(optimizer, epochs=3).evolve(plugins=load_plugins([InterruptAt(at, Boom)], entry_points=False))
     with pytest.raises(Boom):  # in the second epoch: the checkpoint holds the first
         cut.search(tiny_model("bert"), train, checkpoint_dir=tmp_path)
     assert (tmp_path / "search-checkpoint.pt").is_file()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bipeft_core import cli, hookimpl
+from bipeft_core import cli
 from bipeft_core.structure import Structure
+from bipeft_core.testing import InterruptAt
 
 TRIGGER = 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2}'
 
@@ -44,16 +45,7 @@ def test_run_writes_the_run_folder_and_a_summary(tiny_model_dir, data_dir, tmp_p
     assert json.loads((out / "run.json").read_text())["stages"] == info["stages"]
 
 
-class InterruptAt:
-    name = "interrupt"
 
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def bipeft_after_step(self, state, control):
-        if state.step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_interrupted_run_resumes_to_the_same_structure(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):

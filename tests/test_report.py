@@ -27,6 +27,7 @@ from bipeft_core.report import (
 from bipeft_core.state import SearchResult, TriggerEvent
 from bipeft_core.targets import find_target_map
 from bipeft_core.testing import tiny_model
+from bipeft_core.testing import toy_examples as synthetic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ON_COLOUR = (0xF2, 0x8E, 0x2B)  # the heatmap's colour for a kept vector module
@@ -34,14 +35,7 @@ needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is 
                                       reason="matplotlib (bipeft[plots]) is not installed")
 
 
-def synthetic(n: int, *, length: int = 8, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (length,), generator=g)
-        rows.append({"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long),
-                     "labels": torch.tensor(int(ids[0] > 64))})
-    return rows
+
 
 
 @pytest.fixture(scope="module")

@@ -23,20 +23,8 @@ from bipeft_core.repair import repair_to_budget, structure_count
 from bipeft_core.state import SearchState
 from bipeft_core.supernet import Supernet
 from bipeft_core.targets import find_target_map
-from bipeft_core.testing import tiny_model
-
-
-def synthetic(n: int, *, length: int = 8, seed: int = 0, t5: bool = False) -> list[dict[str, torch.Tensor]]:
-    """A learnable toy task: the label is whether the first token is in the upper half of the vocabulary."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (length,), generator=g)
-        label = int(ids[0] > 64)
-        row = {"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long)}
-        row["labels"] = torch.tensor([10 + label, 1]) if t5 else torch.tensor(label)
-        rows.append(row)
-    return rows
+from bipeft_core.testing import InterruptAt, tiny_model
+from bipeft_core.testing import toy_examples as synthetic
 
 
 def supernet_for(family="bert", space="s2"):
@@ -350,21 +338,14 @@ class Boom(Exception):
     pass
 
 
-class InterruptAt:
-    def __init__(self, step):
-        self.step = step
 
-    @hookimpl
-    def bipeft_after_step(self, state, control):
-        if state.step == self.step:
-            raise Boom()
 
 
 @pytest.mark.parametrize("at", [5, 7, 17])  # 7: the last checkpoint is the one at the end of epoch 1
 def test_resume_reaches_the_same_structure(tmp_path, at):
     train = synthetic(192)
     ref = pipeline(1500).search(tiny_model("bert"), train)
-    interrupted = pipeline(1500).evolve(plugins=load_plugins([InterruptAt(at)], entry_points=False))
+    interrupted = pipeline(1500).evolve(plugins=load_plugins([InterruptAt(at, Boom)], entry_points=False))
     with pytest.raises(Boom):
         interrupted.search(tiny_model("bert"), train, checkpoint_dir=tmp_path, checkpoint_every=2)
     assert (tmp_path / "search-checkpoint.pt").is_file()
