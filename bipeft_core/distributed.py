@@ -20,6 +20,7 @@ In a single process every method is a cheap no-op.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 from collections.abc import Sequence
@@ -144,4 +145,10 @@ def setup() -> Dist:
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     td.init_process_group(backend=backend)
+    atexit.register(_close_process_group)  # a group left open can abort the process at exit
     return Dist(td.get_rank(), td.get_world_size(), local_rank)
+
+
+def _close_process_group() -> None:
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
