@@ -254,7 +254,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                 f"| {budget} | {LABELS.get(r['method'], r['method'])} | {metric} | "
                 f"{','.join(map(str, r['seeds']))} | {r['peft_params']:,.0f} | {100 * r['ratio_of_backbone']:.4f} | "
                 f"{'–' if r['budget'] == 'fixed' else 'yes' if r['budget_met'] else 'no'} | {_fmt(r['search_time'])} | {_fmt(r['retrain_time'])} | "
-                f"{_fmt(r['search_retrain_ratio'], '.2f')} | {r['peak_rss_mb']:,.0f} | "
+                f"{_fmt(r['search_retrain_ratio'] if r['search_time'] else None, '.2f')} | {r['peak_rss_mb']:,.0f} | "
                 f"{_fmt(r['search_pass_start'], '.2f')} | {_fmt(r['search_pass_end'], '.2f')} | "
                 f"{_fmt(r['retrain_step_time'], '.2f')} |")
     return lines
