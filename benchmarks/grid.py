@@ -220,6 +220,7 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"task": task, "budget": tag, "method": method, "metric": metric, "mean": mean, "std": std,
                      "seeds": sorted(c["seed"] for c in group), "peft_params": avg("peft_params"),
                      "ratio_of_backbone": avg("ratio_of_backbone"), "budget_met": all(c["budget_met"] for c in group),
+                     "searched": any(c.get("search_steps", 1) and c.get("search_time") for c in group),
                      "search_time": avg("search_time"), "retrain_time": avg("retrain_time"),
                      "search_retrain_ratio": avg("search_retrain_ratio"),
                      "peak_rss_mb": max(c["peak_rss_mb"] for c in group),
@@ -250,11 +251,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         for r in sub:
             budget = "–" if r["budget"] == "fixed" else r["budget"][1:] + " %"
             metric = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else "")
+            searched = r.get("searched", True)  # a method whose cells ran no search step shows – for its search
             lines.append(
                 f"| {budget} | {LABELS.get(r['method'], r['method'])} | {metric} | "
                 f"{','.join(map(str, r['seeds']))} | {r['peft_params']:,.0f} | {100 * r['ratio_of_backbone']:.4f} | "
-                f"{'–' if r['budget'] == 'fixed' else 'yes' if r['budget_met'] else 'no'} | {_fmt(r['search_time'])} | {_fmt(r['retrain_time'])} | "
-                f"{_fmt(r['search_retrain_ratio'] if r['search_time'] else None, '.2f')} | {r['peak_rss_mb']:,.0f} | "
+                f"{'–' if r['budget'] == 'fixed' else 'yes' if r['budget_met'] else 'no'} | {_fmt(r['search_time'] if searched else None)} | "
+                f"{_fmt(r['retrain_time'])} | {_fmt(r['search_retrain_ratio'] if searched else None, '.2f')} | {r['peak_rss_mb']:,.0f} | "
                 f"{_fmt(r['search_pass_start'], '.2f')} | {_fmt(r['search_pass_end'], '.2f')} | "
                 f"{_fmt(r['retrain_step_time'], '.2f')} |")
     return lines

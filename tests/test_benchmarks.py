@@ -64,7 +64,7 @@ def _cell(method, seed, score, budget="0.1%", ratio=0.4, **extra):
 
 def test_aggregate_means_and_sample_std_over_seeds():
     rows = grid.aggregate([_cell("bipeft", 42, 0.80), _cell("bipeft", 43, 0.84), _cell("bipeft", 44, 0.82),
-                           _cell("bitfit", 42, 0.83, budget=None)])
+                           _cell("bitfit", 42, 0.83, budget=None, ratio=1e-6, search_steps=0)])
     by = {r["method"]: r for r in rows}
     assert by["bipeft"]["mean"] == pytest.approx(82.0)
     assert by["bipeft"]["std"] == pytest.approx(2.0)
@@ -73,6 +73,11 @@ def test_aggregate_means_and_sample_std_over_seeds():
     assert by["bitfit"]["std"] is None and by["bitfit"]["budget"] == "fixed"
     table = "\n".join(grid.table(rows))
     assert "82.00 ± 2.00" in table and "| – | BitFit | 83.00 |" in table
+    # BitFit ran no search step: its search time and ratio read "–", not 0.0 and 0.00
+    bitfit = next(line for line in table.splitlines() if "BitFit" in line).split("|")
+    assert [c.strip() for c in bitfit[8:11]] == ["–", "10.0", "–"]
+    bipeft = next(line for line in table.splitlines() if "BIPEFT" in line).split("|")
+    assert [c.strip() for c in bipeft[8:11]] == ["4.0", "10.0", "0.40"]
 
 
 def test_targets_say_met_and_missed_from_the_figures():
