@@ -379,13 +379,21 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
         return []
     rows = aggregate(cells)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    versions = cells[-1].get("versions") or {}
+    def seen(values) -> str:
+        """Every distinct value across the cells, with how many cells had it when they differ."""
+        counts: dict[str, int] = {}
+        for v in values:
+            counts[str(v)] = counts.get(str(v), 0) + 1
+        return counts.popitem()[0] if len(counts) == 1 else " / ".join(f"{v} ({n} cells)" for v, n in counts.items())
+
+    keys = dict.fromkeys(k for c in cells for k in c.get("versions") or {})
+    versions = {k: seen((c.get("versions") or {}).get(k) for c in cells) for k in keys}
     lines = ["# Benchmark results", "",
              "Written by `benchmarks/grid.py` from the finished cells in `cells/` (one JSON each); "
              "see docs/benchmarks.md for the protocol and how to read the columns.", "",
              "Produced by: " + "; ".join(f"`{c}`" for c in commands), "",
-             f"Cells finished: {len(cells)}. Machine: {cells[-1].get('device', 'cpu')}, "
-             f"{cells[-1].get('torch_threads')} torch threads; "
+             f"Cells finished: {len(cells)}. Machine: {seen(c.get('device', 'cpu') for c in cells)}, "
+             f"{seen(c.get('torch_threads') for c in cells)} torch threads; "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
     lines += ["## Targets", ""] + (targets(rows) or ["- no BIPEFT row yet"])
     lines += ["", "## Tables"] + table(rows)

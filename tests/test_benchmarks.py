@@ -103,13 +103,16 @@ def test_step_figures_per_pass():
 def test_report_writes_tables_from_cells(tmp_path):
     cells = tmp_path / "cells"
     cells.mkdir()
-    for c in (_cell("bipeft", 42, 0.84), _cell("apet", 42, 0.70)):
+    for c in (_cell("bipeft", 42, 0.84, versions={"torch": "2.13.0", "datasets": "5.0.1"}),
+              _cell("apet", 42, 0.70, versions={"torch": "2.13.0", "datasets": "4.8.5"})):
         (cells / f"{c['method']}.json").write_text(json.dumps(c))
     rows = grid.write_report(tmp_path, "python benchmarks/grid.py --tasks stsb")
     assert len(rows) == 2
     text = (tmp_path / "README.md").read_text()
     assert "python benchmarks/grid.py --tasks stsb" in text and "| 0.1 % | APET | 70.00 |" in text
     assert json.loads((tmp_path / "results.json").read_text())[0]["method"] == "bipeft"
+    # the machine line names every library version the cells ran with, not only the last cell's
+    assert "torch 2.13.0, datasets 4.8.5 (1 cells) / 5.0.1 (1 cells)" in text  # cells in file-name order
 
 
 def test_unknown_method_is_refused(capsys):
