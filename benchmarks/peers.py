@@ -115,12 +115,16 @@ def run_peer(kind: str, *, task_name: str, budget_value: str, seed: int, epochs:
         def on_step(global_step: int) -> None:
             pm.base_model.update_and_allocate(global_step)
 
+    # AdaLoRA meets its rank budget only once its allocation ends (at 80 % of the steps): an earlier
+    # epoch's state holds more ranks than the budget, so only a state within the budget may be the best
+    eligible = (lambda m: kept_count(m) <= budget) if kind == "peft_adalora" else None
     started = time.perf_counter()
     out = train_model(pm, trainable, train, settings=settings, collate=prepared.collate, loss=loss,
-                      evaluate=lambda m: prepared.evaluate(m, "validation"), progress=progress, on_step=on_step)
+                      evaluate=lambda m: prepared.evaluate(m, "validation"), progress=progress, on_step=on_step,
+                      eligible=eligible)
     wall = time.perf_counter() - started
     best = out["epochs"][out["best_epoch"]]
-    validation = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
+    validation = {k: v for k, v in best.items() if k not in ("epoch", "train_loss", "eligible")}
     test = prepared.evaluate(pm, "test")
     count = kept_count(pm) if kind == "peft_adalora" else trained_peft
     return {

@@ -93,6 +93,7 @@ def train_model(
     dist: Any = None,
     on_step: Callable[[int], None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    eligible: Callable[[torch.nn.Module], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
@@ -102,6 +103,13 @@ def train_model(
     metrics, the best epoch, the wall time and the median time of a training
     step (forward, backward and optimiser step; evaluation excluded); the
     best state is loaded back.
+
+    ``eligible(model)``: whether the state at the end of an epoch may be kept
+    as the best (each epoch's record says so under ``eligible``); a method
+    whose structure changes during training (peft's AdaLoRA reaches its rank
+    budget only late in its schedule) passes a budget check, so that the
+    state kept is one that meets the budget. When no epoch is eligible the
+    last epoch's state stays.
 
     ``checkpoint``: a file that receives the whole training state after each
     epoch (weights, optimiser, schedule, shuffling and dropout random states,
@@ -170,7 +178,10 @@ def train_model(
             metrics = evaluate(model)
             record.update(metrics)
             key = next(iter(metrics))
-            if best is None or metrics[key] > best[0]:
+            allowed = True if eligible is None else bool(eligible(model))
+            if eligible is not None:
+                record["eligible"] = allowed
+            if allowed and (best is None or metrics[key] > best[0]):
                 best = (metrics[key], epoch, {names[id(p)]: p.detach().clone() for p in params})
         epochs.append(record)
         if ckpt is not None and dist.is_main:

@@ -87,3 +87,38 @@ def test_a_checkpoint_of_another_training_is_refused(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match=r"corrupt or not bipeft's.*delete it"):
         train(SETTINGS, ckpt)
+
+
+@pytest.mark.parametrize("first_eligible", [2, 4])
+def test_only_an_eligible_epoch_is_kept_as_the_best(first_eligible):
+    """A state that does not qualify (AdaLoRA before its rank budget is reached)
+    is never restored, however good its metric; with no eligible epoch the
+    last state stays."""
+    model = make_model()
+    calls, states = [], {}
+
+    def falling(m):  # every epoch scores worse than the one before
+        calls.append(1)
+        return {"score": -float(len(calls))}
+
+    def eligible(m):
+        return len(calls) - 1 >= first_eligible
+
+    def snapshot(epoch, record):
+        states[epoch] = [p.detach().clone() for p in model.parameters()]
+
+    out = train_model(model, list(model.parameters()), examples(), settings=SETTINGS,
+                      collate=lambda f: {k: torch.stack([d[k] for d in f]) for k in f[0]}, loss=loss,
+                      evaluate=falling, eligible=eligible, on_epoch=snapshot)
+    expected = min(first_eligible, SETTINGS.epochs - 1)
+    assert out["best_epoch"] == expected
+    assert [r["eligible"] for r in out["epochs"]] == [e >= first_eligible for e in range(SETTINGS.epochs)]
+    for a, b in zip(model.parameters(), states[expected]):
+        assert torch.equal(a, b)
+    if first_eligible < SETTINGS.epochs:  # without the check, epoch 0 (the best score) would be restored
+        model2 = make_model()
+        calls.clear()
+        plain = train_model(model2, list(model2.parameters()), examples(), settings=SETTINGS,
+                            collate=lambda f: {k: torch.stack([d[k] for d in f]) for k in f[0]}, loss=loss,
+                            evaluate=falling)
+        assert plain["best_epoch"] == 0
