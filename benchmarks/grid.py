@@ -404,6 +404,26 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def settings_clash(cells, done: set[str], out: Path, *, epochs: int | None, max_train: int | None) -> str | None:
+    """A message when a finished cell in ``out`` was trained with other epochs
+    or another training-set cap than this run asks for: a cell's name does not
+    carry them, so the run would skip it and mix the two in one table."""
+    for c in cells:
+        name = cell_id(**c)
+        if name not in done:
+            continue
+        _, task_epochs, cap = TASKS[c["task"]]
+        found = json.loads((out / "cells" / f"{name}.json").read_text())
+        want = {"train_epochs": epochs or task_epochs, "max_train": max_train or cap}
+        differs = {k: v for k, v in want.items() if found.get(k) != v}
+        if differs:
+            have = ", ".join(f"{k}={found.get(k)}" for k in differs)
+            asked = ", ".join(f"{k}={v}" for k, v in differs.items())
+            return (f"the finished cell {out / 'cells' / name}.json has {have}, this run asks for {asked}; "
+                    "give this run its own --out folder (and --work), e.g. --out docs/benchmarks/cola-15-epochs")
+    return None
+
+
 # -- the command line ------------------------------------------------------------------------
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -462,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/grid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     cells = protocol_cells(args.tasks, args.budgets, args.methods, args.seeds)
     done = {p.stem for p in (args.out / "cells").glob("*.json")}
+    if not args.report:
+        clash = settings_clash(cells, done, args.out, epochs=args.epochs, max_train=args.max_train)
+        if clash:
+            ap.error(clash)
     if args.list:
         for c in cells:
             print(f"{'done' if cell_id(**c) in done else 'todo'}  {cell_id(**c)}")

@@ -198,3 +198,18 @@ def test_retrain_with_nothing_to_train_says_so():
     with pytest.raises(TrainingError, match="nothing to train"):
         pipe.retrain(model, Structure.from_choices([], {}), timing.synthetic(8, 4, 128, 0),
                      loss_fn=timing.loss_fn)
+
+
+def test_a_finished_cell_of_other_epochs_is_not_skipped_silently(tmp_path, capsys):
+    """Cell names carry no epoch count: a --epochs run into a folder holding the
+    protocol's cells would skip them as done and mix the two in one table."""
+    (tmp_path / "cells").mkdir()
+    cell = _cell("bipeft", 42, 0.15, task_key="cola", train_epochs=3)
+    (tmp_path / "cells" / "cola-b0.1-bipeft-s42.json").write_text(json.dumps(cell))
+    args = ["--tasks", "cola", "--budgets", "0.1%", "--methods", "bipeft", "--seeds", "42", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        grid.main(args + ["--epochs", "15", "--list"])
+    err = capsys.readouterr().err
+    assert "train_epochs=3" in err and "train_epochs=15" in err and "own --out" in err
+    assert grid.main(args + ["--list"]) == 0  # the protocol's own epochs: the cell counts as done
+    assert "done  cola-b0.1-bipeft-s42" in capsys.readouterr().out
