@@ -374,11 +374,14 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
         commands.append(command)
         log.write_text("\n".join(commands) + "\n")
     cells = load_cells(out)
+    not_run = [c for c in cells if "not_run" in c]
+    cells = [c for c in cells if "not_run" not in c]
     if not cells:
         print(f"no finished cells under {out / 'cells'}", file=sys.stderr)
         return []
     rows = aggregate(cells)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+
     def seen(values) -> str:
         """Every distinct value across the cells, with how many cells had it when they differ."""
         counts: dict[str, int] = {}
@@ -397,6 +400,8 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
     lines += ["## Targets", ""] + (targets(rows) or ["- no BIPEFT row yet"])
     lines += ["", "## Tables"] + table(rows)
+    if not_run:
+        lines += ["", "## Cells the method cannot run", ""] + [f"- {c['cell']}: {c['not_run']}" for c in not_run]
     pngs = plots(rows, out)
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
@@ -462,10 +467,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         os.environ["BIPEFT_DEVICE"] = args.device
     if args.cell:  # the child: run one cell, write its result
+        from bipeft_core.errors import BudgetError
+
         cell = json.loads(args.cell)
-        result = run_cell(cell, work=args.work, data_dir=args.data_dir, max_train=args.max_train,
-                          epochs=args.epochs, device=args.device, progress=args.progress,
-                          overrides=args.set or ())
+        try:
+            result = run_cell(cell, work=args.work, data_dir=args.data_dir, max_train=args.max_train,
+                              epochs=args.epochs, device=args.device, progress=args.progress,
+                              overrides=args.set or ())
+        except BudgetError as exc:  # e.g. S3Delta's rank-1 space is smaller than 0.5 % of MiniLM: a finding, kept
+            _, task_epochs, cap = TASKS[cell["task"]]
+            result = {"cell": cell_id(**cell), "method": cell["method"], "seed": cell["seed"],
+                      "budget_value": cell["budget"], "task_key": cell["task"], "not_run": str(exc),
+                      "train_epochs": args.epochs or task_epochs, "max_train": args.max_train or cap,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = args.out / "cells" / f"{cell_id(**cell)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -518,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 continue
             result = json.loads((args.out / "cells" / f"{name}.json").read_text())
+            if "not_run" in result:
+                print(f"[{i}/{len(todo)}] {name}: cannot run: {result['not_run']}", flush=True)
+                write_report(args.out, command)
+                continue
             print(f"[{i}/{len(todo)}] {name}: {result['metric']} {100 * result['test'][result['metric']]:.2f}, "
                   f"{result['peft_params']:,} params, search {result['search_time']:.0f}s, "
                   f"re-train {result['retrain_time']:.0f}s, cell {time.perf_counter() - started:.0f}s, "

@@ -213,3 +213,28 @@ def test_a_finished_cell_of_other_epochs_is_not_skipped_silently(tmp_path, capsy
     assert "train_epochs=3" in err and "train_epochs=15" in err and "own --out" in err
     assert grid.main(args + ["--list"]) == 0  # the protocol's own epochs: the cell counts as done
     assert "done  cola-b0.1-bipeft-s42" in capsys.readouterr().out
+
+
+def test_a_budget_the_method_cannot_meet_is_recorded_not_retried(tmp_path, monkeypatch, capsys):
+    """S3Delta's rank-1 space holds fewer parameters than 0.5 % of MiniLM: the
+    cell is kept as done with the reason, listed apart, and not in the table."""
+    from bipeft_core.errors import BudgetError
+
+    def whole_space(cell, **kw):
+        raise BudgetError("the budget of 112,826 parameters holds the whole space (86,448 at the largest ranks)")
+
+    monkeypatch.setattr(grid, "run_cell", whole_space)
+    cell = {"task": "cola", "budget": "0.5%", "method": "s3delta", "seed": 42}
+    assert grid.main(["--cell", json.dumps(cell), "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "cells" / "cola-b0.5-s3delta-s42.json").read_text())
+    assert "holds the whole space" in saved["not_run"] and saved["train_epochs"] == 3
+    (tmp_path / "cells" / "bipeft.json").write_text(json.dumps(_cell("bipeft", 42, 0.84)))
+    rows = grid.write_report(tmp_path, "python benchmarks/grid.py --tasks cola")
+    assert [r["method"] for r in rows] == ["bipeft"]
+    text = (tmp_path / "README.md").read_text()
+    assert "## Cells the method cannot run" in text and "- cola-b0.5-s3delta-s42: the budget of 112,826" in text
+    # a rerun counts it as done instead of failing on it again
+    args = ["--tasks", "cola", "--budgets", "0.5%", "--methods", "s3delta", "--seeds", "42", "--out", str(tmp_path)]
+    capsys.readouterr()
+    assert grid.main(args + ["--list"]) == 0
+    assert "done  cola-b0.5-s3delta-s42" in capsys.readouterr().out
