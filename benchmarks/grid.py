@@ -201,6 +201,11 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values)
 
 
+#: strategies that run no search (APET draws its structure at random): their search time and ratio read "–".
+#: AutoPEFT searches by trials, not supernet steps, so a step count cannot tell.
+NO_SEARCH = frozenset({"manual", "full", "apet", "peft_lora", "peft_adalora"})
+
+
 def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, budget, method): the metric's mean and standard
     deviation over seeds, and the other figures' means."""
@@ -220,7 +225,7 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"task": task, "budget": tag, "method": method, "metric": metric, "mean": mean, "std": std,
                      "seeds": sorted(c["seed"] for c in group), "peft_params": avg("peft_params"),
                      "ratio_of_backbone": avg("ratio_of_backbone"), "budget_met": all(c["budget_met"] for c in group),
-                     "searched": any(c.get("search_steps", 1) and c.get("search_time") for c in group),
+                     "searched": group[0].get("strategy") not in NO_SEARCH,
                      "search_time": avg("search_time"), "retrain_time": avg("retrain_time"),
                      "search_retrain_ratio": avg("search_retrain_ratio"),
                      "peak_rss_mb": max(c["peak_rss_mb"] for c in group),
@@ -251,7 +256,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         for r in sub:
             budget = "–" if r["budget"] == "fixed" else r["budget"][1:] + " %"
             metric = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else "")
-            searched = r.get("searched", True)  # a method whose cells ran no search step shows – for its search
+            searched = r.get("searched", True)
             lines.append(
                 f"| {budget} | {LABELS.get(r['method'], r['method'])} | {metric} | "
                 f"{','.join(map(str, r['seeds']))} | {r['peft_params']:,.0f} | {100 * r['ratio_of_backbone']:.4f} | "

@@ -64,7 +64,8 @@ def _cell(method, seed, score, budget="0.1%", ratio=0.4, **extra):
 
 def test_aggregate_means_and_sample_std_over_seeds():
     rows = grid.aggregate([_cell("bipeft", 42, 0.80), _cell("bipeft", 43, 0.84), _cell("bipeft", 44, 0.82),
-                           _cell("bitfit", 42, 0.83, budget=None, ratio=1e-6, search_steps=0)])
+                           _cell("bitfit", 42, 0.83, budget=None, ratio=1e-6, search_steps=0, strategy="manual"),
+                           _cell("autopeft", 42, 0.75, ratio=1.8, search_steps=0, strategy="autopeft")])
     by = {r["method"]: r for r in rows}
     assert by["bipeft"]["mean"] == pytest.approx(82.0)
     assert by["bipeft"]["std"] == pytest.approx(2.0)
@@ -78,6 +79,9 @@ def test_aggregate_means_and_sample_std_over_seeds():
     assert [c.strip() for c in bitfit[8:11]] == ["–", "10.0", "–"]
     bipeft = next(line for line in table.splitlines() if "BIPEFT" in line).split("|")
     assert [c.strip() for c in bipeft[8:11]] == ["4.0", "10.0", "0.40"]
+    # AutoPEFT searches by trials (no supernet steps): its search is shown
+    autopeft = next(line for line in table.splitlines() if "AutoPEFT" in line).split("|")
+    assert [c.strip() for c in autopeft[8:11]] == ["18.0", "10.0", "1.80"]
 
 
 def test_targets_say_met_and_missed_from_the_figures():
