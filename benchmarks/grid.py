@@ -113,11 +113,15 @@ def _step_figures(history: list[dict[str, Any]], strategy: str) -> dict[str, flo
             "search_pass_end": statistics.median(times[-5:]) / passes}
 
 
+def cell_settings(task: str, epochs: int | None, max_train: int | None) -> tuple[str, int, int | None]:
+    """The task's name, epochs and training cap a cell runs with: the protocol's unless overridden."""
+    task_name, task_epochs, cap = TASKS[task]
+    return task_name, epochs or task_epochs, max_train or cap
+
+
 def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_train: int | None,
              epochs: int | None, device: str | None, progress: bool, overrides=()) -> dict[str, Any]:
-    task_name, task_epochs, cap = TASKS[cell["task"]]
-    epochs = epochs or task_epochs
-    cap = max_train or cap
+    task_name, epochs, cap = cell_settings(cell["task"], epochs, max_train)
     budget = cell["budget"] or "0.1%"
     started = time.perf_counter()
     if cell["method"] in PEERS:
@@ -256,7 +260,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         for r in sub:
             budget = "–" if r["budget"] == "fixed" else r["budget"][1:] + " %"
             metric = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else "")
-            searched = r.get("searched", True)
+            searched = r["searched"]
             lines.append(
                 f"| {budget} | {LABELS.get(r['method'], r['method'])} | {metric} | "
                 f"{','.join(map(str, r['seeds']))} | {r['peft_params']:,.0f} | {100 * r['ratio_of_backbone']:.4f} | "
@@ -422,9 +426,9 @@ def settings_clash(cells, done: set[str], out: Path, *, epochs: int | None, max_
         name = cell_id(**c)
         if name not in done:
             continue
-        _, task_epochs, cap = TASKS[c["task"]]
+        _, want_epochs, want_cap = cell_settings(c["task"], epochs, max_train)
         found = json.loads((out / "cells" / f"{name}.json").read_text())
-        want = {"train_epochs": epochs or task_epochs, "max_train": max_train or cap}
+        want = {"train_epochs": want_epochs, "max_train": want_cap}
         differs = {k: v for k, v in want.items() if found.get(k) != v}
         if differs:
             have = ", ".join(f"{k}={found.get(k)}" for k in differs)
@@ -480,10 +484,10 @@ def main(argv: list[str] | None = None) -> int:
                               epochs=args.epochs, device=args.device, progress=args.progress,
                               overrides=args.set or ())
         except BudgetError as exc:  # e.g. S3Delta's rank-1 space is smaller than 0.5 % of MiniLM: a finding, kept
-            _, task_epochs, cap = TASKS[cell["task"]]
+            _, epochs, cap = cell_settings(cell["task"], args.epochs, args.max_train)
             result = {"cell": cell_id(**cell), "method": cell["method"], "seed": cell["seed"],
                       "budget_value": cell["budget"], "task_key": cell["task"], "not_run": str(exc),
-                      "train_epochs": args.epochs or task_epochs, "max_train": args.max_train or cap,
+                      "train_epochs": epochs, "max_train": cap,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = args.out / "cells" / f"{cell_id(**cell)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -178,9 +178,9 @@ def train_model(
             metrics = evaluate(model)
             record.update(metrics)
             key = next(iter(metrics))
-            allowed = True if eligible is None else bool(eligible(model))
+            allowed = True
             if eligible is not None:
-                record["eligible"] = allowed
+                record["eligible"] = allowed = bool(eligible(model))
             if allowed and (best is None or metrics[key] > best[0]):
                 best = (metrics[key], epoch, {names[id(p)]: p.detach().clone() for p in params})
         epochs.append(record)
