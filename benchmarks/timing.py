@@ -8,7 +8,8 @@ Each method's spec file in ``examples/specs/`` is used as it is, with the
 space S2 at the paper's budget of 1.39‱ of the backbone, on a synthetic
 text-to-text task: ``--examples`` random inputs of ``--length`` tokens, each
 with a 2-token target. The search runs ``--epochs`` epochs over them (BIPEFT
-ends early once its triggers are spent), then the found structure is
+ends early once its triggers are spent; its warm-up is at most a third of
+the epochs, as in the grid), then the found structure is
 re-trained from fresh random weights for the same epochs. Prints and (with
 ``--out``) writes the search and re-train wall times, their ratio, the
 median time of a search step at its start and end, the peak GPU memory (on
@@ -29,6 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import fit_warmup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs"
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for table in ("search", "retrain"):
             for key, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed)):
                 _set(spec, f"{table}.{key}", value)
+        fit_warmup(spec, args.epochs)
         pipe = Pipeline.from_dict(spec, plugins=plugins, source=f"{method}.toml")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

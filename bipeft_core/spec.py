@@ -382,6 +382,7 @@ class Pipeline:
             comp = getattr(self, kind)
             if comp is not None:
                 self.build_component(kind, plugins)
+        self._check_warmup(plugins)
         if self.model.task is not None and len(plugins.tasks):
             from bipeft_core.tasks import resolve_task_name
 
@@ -389,6 +390,20 @@ class Pipeline:
                 plugins.tasks.get(resolve_task_name(self.model.task))
             except BipeftError as exc:
                 raise SpecError(f"model.task = {self.model.task!r}: {exc}") from None
+
+    def _check_warmup(self, plugins: Any) -> None:
+        """A trigger's warm-up must end before the search's epochs do: otherwise
+        no trigger can fire and the search is a warm-up cut down to the budget
+        by the repair alone."""
+        optimizer = self.build_component("optimizer", plugins)
+        if "trigger" not in tuple(getattr(optimizer, "components", ())) or not getattr(optimizer, "selects", True):
+            return
+        warmup = getattr(self.build_component("trigger", plugins), "warmup_epochs", None)
+        epochs = self.search_settings.epochs
+        if warmup is not None and warmup >= epochs:
+            raise SpecError(
+                f"search.trigger warmup_epochs = {warmup:g} is not below search.epochs = {epochs}: no trigger "
+                f"could fire; lower warmup_epochs (e.g. {epochs / 3:.2g}) or raise search.epochs")
 
     def _factory(self, kind: str, plugins: Any) -> Any:
         comp = getattr(self, kind)

@@ -125,6 +125,28 @@ def test_unknown_method_is_refused(capsys):
     assert "unknown method lorax" in capsys.readouterr().err
 
 
+def test_warmup_is_at_most_a_third_of_the_epochs():
+    def warmup(epochs, spec_warmup=1):
+        spec = {"search": {"trigger": {"name": "budget_stability", "warmup_epochs": spec_warmup}}}
+        grid.fit_warmup(spec, epochs)
+        return spec["search"]["trigger"]["warmup_epochs"]
+
+    assert warmup(1) == 0.3333  # SST-2's single epoch: not the whole search
+    assert (warmup(3), warmup(5), warmup(15)) == (1, 1, 1)  # the spec's 1 epoch where it is a third or less
+    assert warmup(15, spec_warmup=4) == 4
+    no_trigger = {"search": {"optimizer": "prunepeft"}}
+    grid.fit_warmup(no_trigger, 1)
+    assert no_trigger == {"search": {"optimizer": "prunepeft"}}
+
+
+def test_help_prints(capsys):
+    # argparse expands %-formats in help texts: the quick settings hold "0.1%", which must not break --help
+    with pytest.raises(SystemExit) as exc:
+        grid.main(["--help"])
+    assert exc.value.code == 0
+    assert "'0.1%'" in capsys.readouterr().out
+
+
 peft = pytest.importorskip("peft")
 peers = _load("peers")
 

@@ -91,7 +91,7 @@ def test_spec_dict_round_trip(epochs, batch, lr, window, budget, ranks):
 
     pl = default_plugins()
     pipe = Pipeline(budget=budget, space={"name": "s2", "ranks": ranks}, trigger={"name": "budget_stability",
-                    "window": window}, search_settings={"epochs": epochs, "batch_size": batch, "lr": lr},
+                    "window": window, "warmup_epochs": 0.5}, search_settings={"epochs": epochs, "batch_size": batch, "lr": lr},
                     plugins=pl)
     assert Pipeline.from_dict(pipe.to_dict(), plugins=pl) == pipe
 
@@ -115,6 +115,8 @@ def test_spec_dict_round_trip(epochs, batch, lr, window, budget, ranks):
         ("budget = 100\n[search]\ntrigger = { name = \"budget_stability\", window = 0 }\n",
          "search.trigger"),
         ("budget = 100\nthis is not toml\n", "is not valid TOML"),
+        ("budget = 100\n[search]\nepochs = 1\n",  # the default trigger's 1-epoch warm-up takes the whole search
+         "search.trigger warmup_epochs = 1 is not below search.epochs = 1: no trigger could fire; lower"),
     ],
 )
 def test_invalid_specs_fail_at_load_time(tmp_path, plugins, text, message):
@@ -122,6 +124,15 @@ def test_invalid_specs_fail_at_load_time(tmp_path, plugins, text, message):
         Pipeline.from_toml(write(tmp_path, text), plugins=plugins)
     assert message in str(exc.value)
     assert "spec.toml" in str(exc.value)
+
+
+def test_warmup_check_only_where_a_trigger_selects(plugins):
+    # a warm-up as long as the search is fine for strategies that never read the trigger
+    Pipeline(budget=100, optimizer={"name": "iterative", "variant": "no_selection"},
+             search_settings={"epochs": 1}, plugins=plugins)
+    Pipeline(budget=100, optimizer="prunepeft", search_settings={"epochs": 1}, plugins=plugins)
+    Pipeline(budget=100, trigger={"name": "budget_stability", "warmup_epochs": 0.3},
+             search_settings={"epochs": 1}, plugins=plugins)
 
 
 def test_missing_spec_file(tmp_path, plugins):
