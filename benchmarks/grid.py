@@ -263,7 +263,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         sub = [r for r in rows if r["task"] == task]
         cap = sub[0]["max_train"]
         lines += ["", f"### {TASKS[task][0] if task in TASKS else task}: test {sub[0]['metric']} ×100, "
-                  f"{sub[0]['epochs']} epochs" + (f", training set capped at {cap:,}" if cap else ""), "",
+                  f"{sub[0]['epochs']} epoch{'s' if sub[0]['epochs'] != 1 else ''}" + (f", training set capped at {cap:,}" if cap else ""), "",
                   "| budget | method | metric (mean ± std) | seeds | PEFT params | % of backbone | budget met | "
                   "search s | re-train s | search/re-train | peak RSS MB | pass s, search start | "
                   "pass s, search end | re-train step s |",
