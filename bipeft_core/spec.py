@@ -378,11 +378,9 @@ class Pipeline:
                     f"a {kind} (it uses {list(used) or 'none'}); remove search.{kind}"
                 )
             self._factory(kind, plugins)
-        for kind in COMPONENT_KINDS:
-            comp = getattr(self, kind)
-            if comp is not None:
-                self.build_component(kind, plugins)
-        self._check_warmup(plugins)
+        built = {kind: self.build_component(kind, plugins) for kind in COMPONENT_KINDS
+                 if getattr(self, kind) is not None}
+        self._check_warmup(built, used, plugins)
         if self.model.task is not None and len(plugins.tasks):
             from bipeft_core.tasks import resolve_task_name
 
@@ -391,14 +389,15 @@ class Pipeline:
             except BipeftError as exc:
                 raise SpecError(f"model.task = {self.model.task!r}: {exc}") from None
 
-    def _check_warmup(self, plugins: Any) -> None:
+    def _check_warmup(self, built: dict[str, Any], used: tuple[str, ...], plugins: Any) -> None:
         """A trigger's warm-up must end before the search's epochs do: otherwise
         no trigger can fire and the search is a warm-up cut down to the budget
-        by the repair alone."""
-        optimizer = self.build_component("optimizer", plugins)
-        if "trigger" not in tuple(getattr(optimizer, "components", ())) or not getattr(optimizer, "selects", True):
+        by the repair alone. ``built``: the spec's components as ``validate``
+        built them; ``used``: the kinds the optimizer reads."""
+        if "trigger" not in used or not getattr(built["optimizer"], "selects", True):
             return
-        warmup = getattr(self.build_component("trigger", plugins), "warmup_epochs", None)
+        trigger = built.get("trigger") or self.build_component("trigger", plugins)  # else the optimizer's default
+        warmup = getattr(trigger, "warmup_epochs", None)
         epochs = self.search_settings.epochs
         if warmup is not None and warmup >= epochs:
             raise SpecError(
