@@ -95,6 +95,9 @@ def test_targets_say_met_and_missed_from_the_figures():
     assert "BIPEFT average 84.00 vs S3Delta 85.00 over stsb: **missed**" in text
     assert "BIPEFT average 84.00 vs LoRA r=8 (q,v) 83.00 over stsb: **met**" in text
     assert "1.000 s at the start, 0.700 s at the end of the search (-30%): **falls**" in text
+    seeds = grid.aggregate([_cell("bipeft", 43, 0.84, ratio=1.1), _cell("bipeft", 42, 0.83, ratio=0.7)])
+    # the mean hides a seed whose search ran its whole epochs: each seed's ratio is given, in seed order
+    assert "BIPEFT search/re-train 0.90 (seeds: 0.70, 1.10) (≤ 0.5" in "\n".join(grid.targets(seeds))
     flat = grid.aggregate([_cell("bipeft", 42, 0.84, ratio=0.3, search_pass_start=0.472, search_pass_end=0.466)])
     assert "(-1%): **about flat**" in "\n".join(grid.targets(flat))  # 1 % is noise, not the pruning's effect
 
@@ -112,13 +115,22 @@ def test_report_writes_tables_from_cells(tmp_path):
     for c in (_cell("bipeft", 42, 0.84, versions={"torch": "2.13.0", "datasets": "5.0.1"}),
               _cell("apet", 42, 0.70, versions={"torch": "2.13.0", "datasets": "4.8.5"})):
         (cells / f"{c['method']}.json").write_text(json.dumps(c))
+    (cells / "late.json").write_text(json.dumps(_cell("bipeft", 43, 0.85, cell="stsb-b0.1-bipeft-s43", search_steps=270,
+                                                      triggers=1, notes=["the epochs ran out with 19 triggers left"],
+                                                      versions={"torch": "2.13.0", "datasets": "5.0.1"})))
+    (cells / "lora.json").write_text(json.dumps(_cell("lora", 42, 0.83, budget=None, cell="stsb-fixed-lora-s42",
+                                                      search_steps=0, strategy="manual", notes=["manual lora: no search"],
+                                                      versions={"torch": "2.13.0", "datasets": "5.0.1"})))
     rows = grid.write_report(tmp_path, "python benchmarks/grid.py --tasks stsb")
-    assert len(rows) == 2
+    assert len(rows) == 3
     text = (tmp_path / "README.md").read_text()
+    assert ("## Searches that ended with a note\n\n- stsb-b0.1-bipeft-s43: the epochs ran out with 19 triggers left "
+            "(270 steps, triggers fired: 1, search/re-train 0.40)\n\n") in text
+    assert "stsb-fixed-lora-s42" not in text  # a method with no search has no search to note
     assert "python benchmarks/grid.py --tasks stsb" in text and "| 0.1 % | APET | 70.00 |" in text
     assert json.loads((tmp_path / "results.json").read_text())[0]["method"] == "bipeft"
     # the machine line names every library version the cells ran with, not only the last cell's
-    assert "torch 2.13.0, datasets 4.8.5 (1 cells) / 5.0.1 (1 cells)" in text  # cells in file-name order
+    assert "torch 2.13.0, datasets 4.8.5 (1 cells) / 5.0.1 (3 cells)" in text  # cells in file-name order
 
 
 def test_unknown_method_is_refused(capsys):
