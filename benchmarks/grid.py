@@ -298,7 +298,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             verdict = "met" if ratio <= 0.5 and all(ratio < o["search_retrain_ratio"] for o in others.values()) \
                 else "missed"
             detail = ", ".join(f"{LABELS[m]} {o['search_retrain_ratio']:.2f}" for m, o in others.items())
-            seeds = b.get("seed_ratios") or []
+            seeds = [x for x in b.get("seed_ratios") or [] if x is not None]
             spread = f" (seeds: {', '.join(f'{x:.2f}' for x in seeds)})" if len(seeds) > 1 else ""
             out.append(f"- {task} {tag[1:]} %: BIPEFT search/re-train {ratio:.2f}{spread} (≤ 0.5, below "
                        f"{detail or 'no baseline yet'}): **{verdict}**")
