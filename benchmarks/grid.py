@@ -243,7 +243,8 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "searched": group[0].get("strategy") not in NO_SEARCH,
                      "search_time": avg("search_time"), "retrain_time": avg("retrain_time"),
                      "search_retrain_ratio": avg("search_retrain_ratio"),
-                     "seed_ratios": [c.get("search_retrain_ratio") for c in sorted(group, key=lambda c: c["seed"])],
+                     "seed_ratios": [c["search_retrain_ratio"] for c in sorted(group, key=lambda c: c["seed"])
+                                     if c.get("search_retrain_ratio") is not None],
                      "peak_rss_mb": max(c["peak_rss_mb"] for c in group),
                      "search_pass_start": avg("search_pass_start"), "search_pass_end": avg("search_pass_end"),
                      "retrain_step_time": avg("retrain_step_time"),
@@ -298,7 +299,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             verdict = "met" if ratio <= 0.5 and all(ratio < o["search_retrain_ratio"] for o in others.values()) \
                 else "missed"
             detail = ", ".join(f"{LABELS[m]} {o['search_retrain_ratio']:.2f}" for m, o in others.items())
-            seeds = [x for x in b.get("seed_ratios") or [] if x is not None]
+            seeds = b["seed_ratios"]
             spread = f" (seeds: {', '.join(f'{x:.2f}' for x in seeds)})" if len(seeds) > 1 else ""
             out.append(f"- {task} {tag[1:]} %: BIPEFT search/re-train {ratio:.2f}{spread} (≤ 0.5, below "
                        f"{detail or 'no baseline yet'}): **{verdict}**")
@@ -430,8 +431,8 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
         # a supernet search that stopped on its epochs, not on its triggers, is a different search: say which
         # cells (methods without supernet steps note only that they have no search)
         lines += ["", "## Searches that ended with a note", ""] + [
-            f"- {c['cell']}: {'; '.join(c['notes'])} ({c.get('search_steps', '?')} steps, "
-            f"triggers fired: {c.get('triggers', '?')}, search/re-train {c['search_retrain_ratio']:.2f})"
+            f"- {c['cell']}: {'; '.join(c['notes'])} ({c['search_steps']} steps, "
+            f"triggers fired: {c['triggers']}, search/re-train {c['search_retrain_ratio']:.2f})"
             for c in noted]
     if not_run:
         lines += ["", "## Cells the method cannot run", ""] + [f"- {c['cell']}: {c['not_run']}" for c in not_run]
