@@ -54,11 +54,11 @@ class Printer:
 
 
 def _parse_value(text: str) -> Any:
-    import tomllib
+    from bipeft_core.tomlio import TOMLDecodeError, loads
 
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return loads(f"v = {text}")["v"]
+    except TOMLDecodeError:
         return text
 
 
@@ -79,18 +79,24 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
-    import tomllib
-
     from bipeft_core.runner import default_spec
+    from bipeft_core.tomlio import TOMLDecodeError, loads
 
     if args.spec:
         path = Path(args.spec)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise BipeftError(f"spec file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise BipeftError(f"spec file {str(path)!r} is not valid TOML: {exc}") from None
+            raise BipeftError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec "
+                              "(--spec FILE)") from None
+        except IsADirectoryError:
+            raise BipeftError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
+        except UnicodeDecodeError as exc:
+            raise BipeftError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save it as UTF-8") from None
+        except TOMLDecodeError as exc:
+            raise BipeftError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
+                              "(strings need quotes; tables are [name])") from None
         if isinstance(data.get("budget"), (str, int)):
             data["budget"] = {"value": data["budget"]}
     else:
@@ -219,7 +225,13 @@ def _result_path(path: Path) -> Path:
 
 
 def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
-    from bipeft_core.report import load_result, structure_table, write_report
+    from bipeft_core.report import (
+        STRUCTURE_TEXT,
+        PlotDependencyError,
+        load_result,
+        structure_table,
+        write_report,
+    )
 
     path = Path(args.result)
     result = load_result(_result_path(path))
@@ -231,8 +243,14 @@ def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
         print(structure_table(result.structure, result.budget))
     if not args.no_plots:
         folder = Path(args.plots) if args.plots else (path if path.is_dir() else path.parent)
-        for written in write_report(result, folder):
-            printer.info(f"wrote {written}")
+        try:
+            for written in write_report(result, folder):
+                printer.info(f"wrote {written}")
+        except PlotDependencyError as exc:
+            if args.plots:  # plots asked for by name: their absence is an error
+                raise
+            # the table is printed and structure.txt written; the plots are optional
+            print(f"bipeft: note: no plots ({exc}); wrote {folder / STRUCTURE_TEXT}", file=sys.stderr)
     return 0
 
 

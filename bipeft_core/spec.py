@@ -33,7 +33,6 @@ Invalid specs fail when loaded, with the field, the value and the fix.
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,7 @@ import attrs
 from bipeft_core.budget import Budget
 from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError
 from bipeft_core.space import _freeze_mapping, _hashable, check_ranks
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from bipeft_core.tomlio import TOMLDecodeError, dumps, loads
 
 __all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "Pipeline", "SpaceSpec", "TrainSpec"]
 
@@ -310,9 +305,17 @@ class Pipeline:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise SpecError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec") from None
+        except IsADirectoryError:
+            raise SpecError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                            "save it as UTF-8") from None
+        except OSError as exc:
+            raise SpecError(f"spec file {str(path)!r} cannot be read ({exc.strerror or exc}); "
+                            "check the path and its permissions") from None
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = loads(text)
+        except TOMLDecodeError as exc:
             raise SpecError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
                             "(strings need quotes; tables are [name])") from None
         return cls.from_dict(data, plugins=plugins, source=str(path))
@@ -336,11 +339,8 @@ class Pipeline:
         return out
 
     def to_toml(self) -> str:
-        try:
-            import tomli_w
-        except ImportError:  # pragma: no cover
-            raise BipeftError("writing TOML needs tomli-w: pip install tomli-w") from None
-        return tomli_w.dumps(self.to_dict())
+        """The TOML form; ``Pipeline.from_toml`` of it gives an equal pipeline."""
+        return dumps(self.to_dict())
 
     def evolve(self, **changes: Any) -> Pipeline:
         return attrs.evolve(self, **changes)
@@ -492,7 +492,9 @@ def _budget(value: Any) -> Budget:
     try:
         return Budget.parse(value)
     except BudgetError as exc:
-        raise SpecError(f"budget = {value!r}: {exc}") from None
+        # echo what the user wrote (the value of a [budget] table, not the table)
+        shown = value.get("value", value) if isinstance(value, Mapping) else value
+        raise SpecError(f"budget = {shown!r}: {exc}") from None
 
 
 def _unknown(field: str, registry: Any, name: str) -> None:

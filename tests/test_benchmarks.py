@@ -125,7 +125,7 @@ def test_report_writes_tables_from_cells(tmp_path):
     assert len(rows) == 3
     text = (tmp_path / "README.md").read_text()
     assert ("## Searches that ended with a note\n\n- stsb-b0.1-bipeft-s43: the epochs ran out with 19 triggers left "
-            "(270 steps, triggers fired: 1, search/re-train 0.40)\n\n") in text
+            "(270 steps, triggers fired: 1, search/re-train 0.40)\n") in text
     assert "stsb-fixed-lora-s42" not in text  # a method with no search has no search to note
     assert "python benchmarks/grid.py --tasks stsb" in text and "| 0.1 % | APET | 70.00 |" in text
     assert json.loads((tmp_path / "results.json").read_text())[0]["method"] == "bipeft"

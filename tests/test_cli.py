@@ -184,12 +184,30 @@ def lora_run(tiny_model_dir, data_dir, tmp_path_factory):
 
 
 def test_show_prints_the_table_and_writes_plots(lora_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plots need matplotlib (bipeft[plots])")
     assert cli.main(["show", str(lora_run), "--plots", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "encoder.layer.0" in out and "attn_q@4" in out and "attn_v@4" in out
     for name in ("search_progress.png", "structure_heatmap.png", "structure.txt"):
         data = (tmp_path / name).read_bytes()
         assert data and (not name.endswith(".png") or data[:8] == b"\x89PNG\r\n\x1a\n")
+
+
+def test_show_without_matplotlib_prints_the_table_and_says_why_there_are_no_plots(lora_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if it were not installed
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    (folder / "search_result.json").write_bytes((lora_run / "search_result.json").read_bytes())
+    assert cli.main(["show", str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert "attn_q@4" in captured.out and "Traceback" not in captured.err
+    assert "no plots" in captured.err and "bipeft[plots]" in captured.err
+    assert (folder / "structure.txt").is_file() and not (folder / "search_progress.png").exists()
+    # plots asked for by name are an error without matplotlib
+    assert cli.main(["show", str(folder), "--plots", str(tmp_path / "p")]) == cli.EXIT_USAGE
+    assert "bipeft[plots]" in capsys.readouterr().err
 
 
 def _model_and_batch(tiny_model_dir):

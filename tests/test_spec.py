@@ -115,7 +115,7 @@ def test_spec_dict_round_trip(epochs, batch, lr, window, budget, ranks):
         ("budget = 100\n[search]\ntrigger = { name = \"budget_stability\", window = 0 }\n",
          "search.trigger"),
         ("budget = 100\nthis is not toml\n", "is not valid TOML"),
-        ("budget = 100\n[search]\nepochs = 1\n",  # the default trigger's 1-epoch warm-up takes the whole search
+        ("budget = 100\n[search]\nepochs = 1\ntrigger = { name = \"budget_stability\", warmup_epochs = 1 }\n",
          "search.trigger warmup_epochs = 1 is not below search.epochs = 1: no trigger could fire; lower"),
     ],
 )
@@ -150,3 +150,31 @@ def test_space_file_defines_a_space_without_python(tmp_path, plugins):
     bad.write_text('name = "bad"\n[[modules]]\ntype = "dora"\ntargets = ["attn_v"]\n')
     with pytest.raises(SpecError, match="space.file = .*unknown module type 'dora'"):
         Pipeline(budget=100, space={"file": str(bad)}, plugins=plugins)
+
+
+def test_the_default_spec_of_every_registered_task_is_valid_and_round_trips(plugins):
+    from bipeft_core.runner import default_spec
+
+    names = [e.name for e in plugins.tasks.entries()]
+    assert {"glue/stsb", "glue/sst2", "glue/rte"} <= set(names)
+    for name in names:
+        pipe = Pipeline.from_dict(default_spec(name), plugins=plugins, source=f"default spec of {name}")
+        assert pipe.model.task == name
+        assert Pipeline.from_dict(Pipeline.from_dict(pipe.to_dict(), plugins=plugins).to_dict(),
+                                  plugins=plugins) == pipe
+
+
+@pytest.mark.parametrize("budget", ["0", 0, "-5", {"value": "0"}])
+def test_a_budget_error_echoes_the_value_as_written(plugins, budget):
+    shown = budget["value"] if isinstance(budget, dict) else budget
+    with pytest.raises(SpecError, match=f"^spec: budget = {shown!r}: "):
+        Pipeline.from_dict({"budget": budget}, plugins=plugins)
+
+
+def test_spec_file_that_is_not_utf8_or_a_folder_is_a_clear_error(tmp_path, plugins):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('budget = "0.1%"\n# caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match="is not UTF-8 text .*save it as UTF-8"):
+        Pipeline.from_toml(bad, plugins=plugins)
+    with pytest.raises(SpecError, match="is a folder"):
+        Pipeline.from_toml(tmp_path, plugins=plugins)
