@@ -131,12 +131,17 @@ class SensitivityEstimator(Stateful, ABC):
         train: Sequence[Sequence[torch.Tensor] | None],
         val: Sequence[Sequence[torch.Tensor] | None],
         active: torch.Tensor,
+        sizes: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Called after every weight step with, per module, the products
         ``θ ⊙ ∂L/∂θ`` of each of its tensors from the weight step (``train``)
         and the preceding architecture step (``val``); ``None`` where the
         module was not computed. ``active`` (bool, per module) marks the
-        modules whose score is updated (pruned modules are not)."""
+        modules whose score is updated (pruned modules are not). ``sizes``
+        (default ``None``: the optimizer gives none) maps ``max``,
+        ``expected`` and ``live`` to per-module parameter counts (see
+        ``Supernet.effective_counts``), for estimators that normalise by
+        what a module effectively carries."""
 
     @property
     @abstractmethod
@@ -158,6 +163,12 @@ class Trigger(Stateful, ABC):
         """Called after every weight step (and sensitivity update). Returns
         whether the module and dimension selectors run now. May record
         history; must not change the structure."""
+
+    def warmed_up(self, state: SearchState) -> bool:
+        """Whether the warm-up is over at ``state.step`` (default: there is
+        none). The optimizer takes the dimension selector's snapshots only
+        after it."""
+        return True
 
 
 class ModuleSelector(Stateful, ABC):

@@ -26,6 +26,8 @@ class SearchState:
     steps_per_epoch: int
     step: int = 0
     """Weight steps done."""
+    total_steps: int = 0
+    """Weight steps the search plans (``steps_per_epoch × epochs``; 0: unknown)."""
     triggers_left: int = 0
     """``K``: triggers still to come."""
     expected_sizes: torch.Tensor | None = None
@@ -102,6 +104,8 @@ class SearchResult:
     budget_met: bool = True
     repaired: bool = False
     repair_log: tuple[str, ...] = ()
+    refill_log: tuple[str, ...] = ()
+    """What the re-fill after the repair added back (empty: nothing, or no re-fill)."""
     notes: tuple[str, ...] = ()
     history: tuple[dict[str, Any], ...] = ()
     """Per-step records (step, expected size, remaining modules, step time)."""
@@ -116,6 +120,8 @@ class SearchResult:
         ]
         if self.repaired:
             lines.append("budget repair: " + "; ".join(self.repair_log))
+        if self.refill_log:
+            lines.append("re-fill: " + "; ".join(self.refill_log))
         lines.extend(self.notes)
         lines.append(self.structure.summary(self.budget))
         return "\n".join(lines)
@@ -129,6 +135,9 @@ class SearchResult:
             "budget_met": self.budget_met,
             "repaired": self.repaired,
             "repair_log": list(self.repair_log),
+            "refill_log": list(self.refill_log),
+            "trigger_steps": [e.step for e in self.trace],
+            "budget_use": self.count / self.budget if self.budget else None,
             "notes": list(self.notes),
             "wall_time": self.wall_time,
             "steps": self.steps,

@@ -161,6 +161,26 @@ class Supernet(nn.Module):
             w = torch.where(fixed[:, None], onehot.to(w.dtype), w)
         return w
 
+    def effective_counts(self) -> dict[str, torch.Tensor]:
+        """Per module, the parameters it carries (float64, pruned modules
+        included): ``max`` at its largest candidate rank, ``expected`` under
+        the dimension weights ``w̃`` (``Σ_c w̃_c·N(d_c)``), ``live`` at the
+        rank a weight step runs it at (fixed, else argmax β). A vector
+        module's three are its one count."""
+        counts = self.cand_counts.double()
+        n_max = counts.max(-1).values
+        expected = (self.rank_weights().double() * counts).sum(-1)
+        idx = self.masked_beta().argmax(-1)
+        fixed = self.fixed_rank >= 0
+        if fixed.any():
+            hit = (self.cand_ranks == self.fixed_rank[:, None]) & self.cand_valid
+            idx = torch.where(fixed, hit.double().argmax(-1), idx)
+        live = counts.gather(1, idx[:, None])[:, 0]
+        vec = counts[:, 0]
+        return {"max": torch.where(self.is_matrix, n_max, vec),
+                "expected": torch.where(self.is_matrix, expected, vec),
+                "live": torch.where(self.is_matrix, live, vec)}
+
     def keep_probability(self) -> torch.Tensor:
         """``π = softmax(α)[keep]``; in the entangled space, ``1 − p(rank 0)``
         of the joint distribution for matrix modules."""

@@ -41,7 +41,7 @@ def test_sensitivity_matches_hand_computation():
     theta = torch.tensor([1.0, 2.0])
     s_tr = theta * torch.tensor([0.5, -1.0])  # [0.5, -2]
     s_val = theta * torch.tensor([1.0, 1.0])  # [1, 2]
-    est = GradWeightCos()
+    est = GradWeightCos(normalizer="max")  # the paper's N_m (the normalisers: test_search_quality.py)
     n = 2.0
     i_tr, i_val = 2.5, 3.0
     cos = (0.5 * 1 - 2 * 2) / (math.hypot(0.5, 2) * math.hypot(1, 2))
@@ -98,9 +98,9 @@ def test_trigger_indicator_fills_budget_skipping_what_does_not_fit():
     assert trig.indicator(state).tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
-def test_trigger_fires_on_a_stable_history_and_not_during_warmup():
+def test_paper_trigger_fires_on_a_stable_history_and_not_during_warmup():
     state = fake_state([5, 4, 3, 2], budget=8, scores=[4.0, 3.0, 2.0, 1.0], steps_per_epoch=10)
-    trig = BudgetStability(window=3, threshold=0.85, warmup_epochs=0.5)
+    trig = BudgetStability(window=3, threshold=0.85, warmup_epochs=0.5, spread=False, fresh=False, max_triggers=100)
     trig.reset(state)
     assert state.triggers_left == 100
     fired = []
@@ -264,7 +264,8 @@ def test_repair_never_exceeds_budget_and_only_lowers_or_removes(case):
 
 
 def pipeline(budget, **kw):
-    return Pipeline(budget=budget, trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 20},
+    return Pipeline(budget=budget, trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 20,
+                                            "window": 2, "span_fraction": 0.6},
                     search_settings={"epochs": 4, "batch_size": 16, "lr": 1e-3},
                     retrain_settings={"epochs": 1, "batch_size": 16}, plugins=load_plugins(entry_points=False), **kw)
 
@@ -283,7 +284,7 @@ def test_search_reaches_budget_and_retrain_matches_count(family):
     train = synthetic(192, t5=family == "t5")
     rec = PrunedRecorder()
     pipe = Pipeline(budget=1500, trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 8,
-                                          "window": 3},
+                                          "window": 3, "spread": False, "fresh": False},
                     search_settings={"epochs": 10, "batch_size": 16, "lr": 1e-3},
                     retrain_settings={"epochs": 1, "batch_size": 16}, plugins=load_plugins([rec], entry_points=False))
     result = pipe.search(tiny_model(family), train)

@@ -261,7 +261,8 @@ class PrunePEFT(Optimizer):
     name = "prunepeft"
     components = ("sensitivity", "module_selector")
     # the score is BIPEFT's estimator with its I_tr/N criterion (BASELINES.md)
-    default_components = {"sensitivity": {"name": "grad_weight_cos", "criterion": "train"},
+    # normalised by the size at the largest rank, where PrunePEFT trains every module
+    default_components = {"sensitivity": {"name": "grad_weight_cos", "criterion": "train", "normalizer": "max"},
                           "module_selector": "budget_guided"}
     rounds: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     prune_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0), attrs.validators.le(1)])

@@ -23,6 +23,7 @@ from bipeft_core.interfaces import DimensionSelector, ModuleSelector, Sensitivit
 from bipeft_core.space import ModuleSpec
 
 CRITERIA = ("cos", "train", "val", "sum", "cos_sum")
+NORMALIZERS = ("expected", "live", "max")
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,11 +40,22 @@ class GradWeightCos(SensitivityEstimator):
     ``criterion``: ``cos`` (the paper's), ``train`` (``I_tr/N``), ``val``
     (``I_val/N``), ``sum`` (``(I_tr + I_val)/N``), ``cos_sum``
     (``cos·(I_tr + I_val)/N``).
+
+    ``normalizer``: what ``N`` is. ``max`` (the paper's): the module's size
+    at its largest candidate rank, whatever rank it runs at. ``expected``:
+    its expected size under the dimension weights (``Σ_c w̃_c·N(d_c)``, the
+    fixed rank's size once fixed). ``live``: its size at the rank the weight
+    step ran it at. A vector module's ``N`` is its one count under all
+    three. ``expected`` and ``live`` compare a low-rank LoRA fairly with a
+    BitFit vector: the products of unused rank slices are zero, so ``max``
+    understates a matrix module's importance per parameter it really
+    carries (docs/search.md has the measurement that chose the default).
     """
 
     name = "grad_weight_cos"
     beta: float = attrs.field(default=0.85, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
     criterion: str = attrs.field(default="cos", validator=attrs.validators.in_(CRITERIA))
+    normalizer: str = attrs.field(default="expected", validator=attrs.validators.in_(NORMALIZERS))
     _ema: torch.Tensor = attrs.field(init=False, factory=lambda: torch.zeros(0, dtype=torch.float64))
     _n: torch.Tensor = attrs.field(init=False, factory=lambda: torch.zeros(0, dtype=torch.float64))
 
@@ -71,10 +83,17 @@ class GradWeightCos(SensitivityEstimator):
             return cos * (i_tr + i_val) / n
         return i_tr / n + cos * i_val / n
 
-    def observe(self, *, train, val, active) -> None:
+    def observe(self, *, train, val, active, sizes=None) -> None:
+        n = self._n
+        if self.normalizer != "max":
+            if sizes is None or self.normalizer not in sizes:
+                raise TypeError(
+                    f"grad_weight_cos with normalizer = {self.normalizer!r} needs the per-module sizes, which "
+                    "this optimizer does not pass to observe(); use normalizer = 'max' with it")
+            n = sizes[self.normalizer].double()
         b = self.beta
         for i in torch.nonzero(active).flatten().tolist():
-            s = self.score_of(train[i], val[i], float(self._n[i]))
+            s = self.score_of(train[i], val[i], float(n[i]))
             self._ema[i] = b * self._ema[i] + (1 - b) * s
 
     @property
@@ -92,18 +111,62 @@ class GradWeightCos(SensitivityEstimator):
 class BudgetStability(Trigger):
     """Eq. 5: fire when the budget-filling importance indicator has been
     stable over the last ``window`` weight steps (mean cosine ≥
-    ``threshold``), after ``warmup_epochs``, at most ``max_triggers`` times."""
+    ``threshold``), after the warm-up, at most ``max_triggers`` times.
+
+    The schedule (docs/search.md). The warm-up is ``warmup_fraction`` of the
+    search's planned weight steps, or ``warmup_epochs`` epochs when that is
+    given (the paper's ``prune_begin_epoch``). With ``spread`` (the default)
+    the triggers are spread over the ``span_fraction`` of the planned steps
+    that follows the warm-up: ``K = min(max_triggers, span // (window + 1))``
+    triggers (at least 1), and trigger ``j`` may not fire before
+    ``warmup + j·⌊span/K⌋``; ``spread = false`` fires
+    whenever the indicator is stable (the paper's rule, ``K =
+    max_triggers``). With
+    ``fresh``, the indicator history is cleared at each firing, so a trigger
+    needs ``window`` indicators taken after the previous one; without it
+    (the paper's), a stable indicator fires on consecutive steps.
+    """
 
     name = "budget_stability"
     window: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     threshold: float = attrs.field(default=0.85, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    warmup_epochs: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
-    max_triggers: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    warmup_epochs: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0)))
+    warmup_fraction: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0),
+                                                                 attrs.validators.lt(1.0)])
+    span_fraction: float = attrs.field(default=0.2, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
+    spread: bool = True
+    max_triggers: int = attrs.field(default=20, validator=attrs.validators.ge(1))
+    fresh: bool = True
     _history: list[torch.Tensor] = attrs.field(init=False, factory=list)
+    _last: int = attrs.field(init=False, default=0)
+    _warmup_step: int = attrs.field(init=False, default=0)
+    _gap: int = attrs.field(init=False, default=0)
+
+    def schedule(self, state) -> tuple[int, int, int]:
+        """``(warm-up steps, K, minimum steps between firings)`` for a search
+        of ``state.total_steps`` planned steps (``steps_per_epoch`` when
+        unknown)."""
+        planned = state.total_steps or state.steps_per_epoch
+        if self.warmup_epochs is not None:
+            warmup = math.ceil(self.warmup_epochs * state.steps_per_epoch)
+        else:
+            warmup = round(self.warmup_fraction * planned)
+        if not self.spread:
+            return warmup, self.max_triggers, 0
+        span = max(1, round(self.span_fraction * planned))
+        k = max(1, min(self.max_triggers, span // (self.window + 1)))
+        return warmup, k, span // k
 
     def reset(self, state) -> None:
-        state.triggers_left = self.max_triggers
+        self._warmup_step, state.triggers_left, self._gap = self.schedule(state)
+        self._last = self._warmup_step
         self._history = []
+
+    def warmed_up(self, state) -> bool:
+        if self.warmup_epochs is not None:
+            return state.epoch >= self.warmup_epochs
+        return state.step >= self._warmup_step
 
     def indicator(self, state) -> torch.Tensor:
         """``m_t``: 1 for the unpruned modules that fill the budget in order
@@ -120,22 +183,27 @@ class BudgetStability(Trigger):
         return m
 
     def should_fire(self, state) -> bool:
-        if state.epoch < self.warmup_epochs or state.triggers_left <= 0:
+        if not self.warmed_up(state) or state.triggers_left <= 0:
             return False
         m = self.indicator(state)
         fire = False
-        if len(self._history) >= self.window:
+        if len(self._history) >= self.window and state.step - self._last >= self._gap:
             sims = [_cos(m, h) for h in self._history[-self.window:]]
             fire = sum(sims) / self.window >= self.threshold
         self._history.append(m)
         del self._history[: -self.window]
+        if fire:
+            self._last = state.step
+            if self.fresh:
+                self._history = []
         return fire
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [h.clone() for h in self._history]}
+        return {"history": [h.clone() for h in self._history], "last": self._last}
 
     def load_state_dict(self, state) -> None:
         self._history = [h.clone() for h in state["history"]]
+        self._last = int(state.get("last", self._last))
 
 
 def expected_sizes(supernet, use_keep_prob: bool) -> tuple[torch.Tensor, torch.Tensor]:

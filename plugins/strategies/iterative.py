@@ -23,7 +23,7 @@ from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.distributed import Dist
 from bipeft_core.errors import TrainingError
 from bipeft_core.interfaces import Optimizer
-from bipeft_core.repair import repair_to_budget, structure_count
+from bipeft_core.repair import refill_to_budget, repair_to_budget, structure_count
 from bipeft_core.state import Control, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
 from bipeft_core.training import linear_schedule, make_loader, progress_bar, split_halves
@@ -89,7 +89,9 @@ class Iterative(Optimizer):
     detached weights, so its gate gets a gradient) or ``sampled_only`` (the
     authors' cheaper variant). ``noise=False`` uses the hard softmax instead
     of Gumbel samples. ``stop_when_spent``: end the search once the triggers
-    are spent (else train on to the last epoch).
+    are spent (else train on to the last epoch). ``refill``: after the
+    budget repair, add back greedily, by score, what the budget still holds
+    (docs/search.md; the paper has no re-fill).
 
     ``variant`` selects the paper's Table 2 ablations: ``bipeft`` (the
     method), ``entangled`` (one joint space per module where rank 0 is a
@@ -118,6 +120,7 @@ class Iterative(Optimizer):
     gate_gradient: str = attrs.field(default="straight_through", validator=attrs.validators.in_(GATE_GRADIENTS))
     noise: bool = True
     stop_when_spent: bool = True
+    refill: bool = True
     variant: str = attrs.field(default="bipeft", validator=attrs.validators.in_(VARIANTS))
 
     @property
@@ -149,7 +152,8 @@ class Iterative(Optimizer):
         sched = linear_schedule(opt_w, steps_per_epoch * s.epochs, s.warmup_ratio)
         opt_a = torch.optim.Adam(sn.arch_parameters(), lr=self.arch_lr, betas=self.arch_betas,
                                  weight_decay=self.arch_weight_decay)
-        state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=steps_per_epoch)
+        state = SearchState(supernet=sn, specs=ctx.specs, budget=ctx.budget, steps_per_epoch=steps_per_epoch,
+                            total_steps=steps_per_epoch * s.epochs)
         state.expected_sizes = state.max_counts()
         sn.entangled = self.variant == "entangled"
         sens.reset(ctx.specs)
@@ -185,7 +189,6 @@ class Iterative(Optimizer):
             torch.set_rng_state(data["rng"]["torch"])
             elapsed_before = data["elapsed"]
             resumed = True
-        warmup = float(getattr(trigger, "warmup_epochs", 0.0))
         if ctx.hook is not None:
             ctx.hook.bipeft_before_search(context=ctx)
         control = Control()
@@ -249,7 +252,7 @@ class Iterative(Optimizer):
                 t0 = time.perf_counter()
                 batch_b = next_b()
                 fired = self._iteration(ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched,
-                                        weights, warmup, trace, history, started, dist)
+                                        weights, trace, history, started, dist)
                 cursor.batch_in_epoch += 1
                 history[-1]["step_time"] = time.perf_counter() - t0
                 bar.update(1)
@@ -275,7 +278,7 @@ class Iterative(Optimizer):
         return self._finish(ctx, state, trace, history, started, control)
 
     def _iteration(self, ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
-                   warmup, trace, history, started, dist) -> bool:
+                   trace, history, started, dist) -> bool:
         sn = ctx.supernet
         s = ctx.settings
         comps = ctx.components
@@ -321,10 +324,11 @@ class Iterative(Optimizer):
         train_products = sn.module_products()
         opt_w.step()
         sched.step()
-        comps["sensitivity"].observe(train=train_products, val=val_products, active=~sn.pruned)
+        comps["sensitivity"].observe(train=train_products, val=val_products, active=~sn.pruned,
+                                     sizes=sn.effective_counts())
         state.step += 1
         state.scores = comps["sensitivity"].scores
-        if state.epoch >= warmup and self.selects:
+        if self.selects and comps["trigger"].warmed_up(state):
             comps["dimension_selector"].observe(state)
         fired = False
         if self.selects and comps["trigger"].should_fire(state):
@@ -397,8 +401,11 @@ class Iterative(Optimizer):
             notes.append(f"the epochs ran out with {state.triggers_left} triggers left")
         if control.stop_requested:
             notes.append(f"stopped early: {control.reason}")
+        refill_log: list[str] = []
         if self.selects:
             repaired, log = repair_to_budget(ctx.specs, choices, state.scores.tolist(), ctx.budget)
+            if self.refill:
+                repaired, refill_log = refill_to_budget(ctx.specs, repaired, state.scores.tolist(), ctx.budget)
         else:
             repaired, log = choices, []
         count = structure_count(ctx.specs, repaired)
@@ -408,5 +415,5 @@ class Iterative(Optimizer):
             structure=structure, count=count, budget=ctx.budget, backbone_params=ctx.backbone_params,
             strategy=self.name, trace=tuple(trace), wall_time=time.perf_counter() - started,
             steps=state.step, budget_met=count <= ctx.budget, repaired=bool(log), repair_log=tuple(log),
-            notes=tuple(notes), history=tuple(history),
+            refill_log=tuple(refill_log), notes=tuple(notes), history=tuple(history),
         )
