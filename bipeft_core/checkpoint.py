@@ -1,4 +1,10 @@
-"""Search checkpoints: written atomically, read back with clear errors."""
+"""Search checkpoints: written atomically, read back with clear errors.
+
+A checkpoint holds tensors and plain data only (dicts, lists, tuples,
+strings, numbers, booleans, ``None``) and is read with
+``torch.load(weights_only=True)``, so that loading a checkpoint someone sent
+you cannot run code. :func:`plain` turns numpy values into plain ones and
+refuses anything else before it is written."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import torch
 
 from bipeft_core.errors import BipeftError
 
-__all__ = ["CheckpointError", "CheckpointManager"]
+__all__ = ["CheckpointError", "CheckpointManager", "load_safe", "plain"]
 
 FORMAT = "bipeft-search-checkpoint"
 VERSION = 1
@@ -18,6 +24,36 @@ VERSION = 1
 
 class CheckpointError(BipeftError):
     """A checkpoint that cannot be read or does not belong to this search."""
+
+
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as
+    tensors; anything that is not a tensor or plain data raises
+    :class:`CheckpointError` (``torch.load(weights_only=True)`` could not read it)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
+        return value
+    if isinstance(value, dict):
+        return {k: plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    kind = type(value).__module__.split(".")[0]
+    if kind == "numpy":
+        return torch.from_numpy(value.copy()) if hasattr(value, "shape") and value.shape else value.item()
+    raise CheckpointError(f"{where} is a {type(value).__module__}.{type(value).__name__}, which a checkpoint "
+                          "cannot hold (tensors and plain data only: dict, list, tuple, str, int, float, bool, None); "
+                          "store it as plain data")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_safe(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (raises what torch raises)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class CheckpointManager:
@@ -47,20 +83,20 @@ class CheckpointManager:
     def save(self, payload: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        torch.save(plain({"format": FORMAT, "version": VERSION, **payload}, "the search checkpoint"), tmp)
         os.replace(tmp, self.path)
         self.writes += 1
         return self.path
 
     def load(self) -> dict[str, Any]:
         try:
-            data = torch.load(self.path, map_location="cpu", weights_only=False)
+            data = load_safe(self.path)
         except FileNotFoundError:
             raise CheckpointError(f"no checkpoint at {self.path}; start the search without resume") from None
         except Exception as exc:  # torch raises many kinds on a truncated or foreign file
             raise CheckpointError(
                 f"the checkpoint {self.path} is corrupt or not a bipeft checkpoint ({type(exc).__name__}: "
-                f"{exc}); delete it to start the search again, or resume from a good copy"
+                f"{_first_line(exc)}); delete it to start the search again, or resume from a good copy"
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not a bipeft search checkpoint; delete it or point "

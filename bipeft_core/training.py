@@ -4,11 +4,13 @@ with best-epoch selection."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,26 @@ from torch.utils.data import DataLoader
 
 from bipeft_core.errors import TrainingError
 
-__all__ = ["default_collate", "default_loss", "linear_schedule", "make_loader", "progress_bar", "split_halves",
-           "train_model"]
+__all__ = ["default_collate", "default_loss", "epoch_listener", "linear_schedule", "make_loader", "progress_bar",
+           "split_halves", "train_model"]
+
+_EPOCH_LISTENERS: contextvars.ContextVar[tuple[Callable[[int, dict[str, Any]], None], ...]] = \
+    contextvars.ContextVar("bipeft_epoch_listeners", default=())
+
+
+@contextlib.contextmanager
+def epoch_listener(listener: Callable[[int, dict[str, Any]], None] | None) -> Iterator[None]:
+    """Within the block, every :func:`train_model` also calls
+    ``listener(epoch, record)`` after each epoch (with ``on_epoch``); the
+    CLI uses it to report a re-train's epochs. ``None`` adds nothing."""
+    if listener is None:
+        yield
+        return
+    token = _EPOCH_LISTENERS.set((*_EPOCH_LISTENERS.get(), listener))
+    try:
+        yield
+    finally:
+        _EPOCH_LISTENERS.reset(token)
 
 
 def progress_bar(ctx_or_flag: Any, *, total: int, desc: str, initial: int = 0) -> Any:
@@ -193,6 +213,8 @@ def train_model(
                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
         if on_epoch is not None:
             on_epoch(epoch, record)
+        for listener in _EPOCH_LISTENERS.get():
+            listener(epoch, dict(record))
     bar.close()
     if best is not None:
         by_name = dict(model.named_parameters())
@@ -223,15 +245,20 @@ class _EpochCheckpoint:
     def save(self, payload: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"format": self.FORMAT, "made_for": self.made_for, **payload}, tmp)
+        from bipeft_core.checkpoint import plain
+
+        torch.save(plain({"format": self.FORMAT, "made_for": self.made_for, **payload}, "the training checkpoint"), tmp)
         os.replace(tmp, self.path)
 
     def load(self) -> dict[str, Any]:
         try:
-            data = torch.load(self.path, map_location="cpu", weights_only=False)
+            from bipeft_core.checkpoint import _first_line, load_safe
+
+            data = load_safe(self.path)
         except Exception as exc:  # a truncated or foreign file raises many kinds
             raise TrainingError(f"the training checkpoint {self.path} is corrupt or not bipeft's "
-                                f"({type(exc).__name__}: {exc}); delete it to train from the start") from None
+                                f"({type(exc).__name__}: {_first_line(exc)}); delete it to train from "
+                                "the start") from None
         if not isinstance(data, dict) or data.get("format") != self.FORMAT:
             raise TrainingError(f"{self.path} is not a bipeft training checkpoint; delete it to train from "
                                 "the start")
