@@ -98,3 +98,10 @@ __all__ = [
     "load_plugins",
     "prune_walk",
 ]
+
+# The library reports through the "bipeft" logger (and its children, e.g.
+# "bipeft.tasks"); it prints nothing itself. An application decides where the
+# records go; the ``bipeft`` command shows them on stderr.
+import logging as _logging
+
+_logging.getLogger("bipeft").addHandler(_logging.NullHandler())

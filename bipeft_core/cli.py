@@ -3,17 +3,21 @@
     bipeft run --task stsb                       # embedded default: MiniLM, S2, BIPEFT at 0.1 %
     bipeft run --spec spec.toml --out runs/x     # a spec, flags override single fields
     bipeft run --resume --out runs/x             # continue an interrupted run
-    bipeft search ... / bipeft retrain RUN / bipeft show RUN / bipeft export RUN --format peft
-    bipeft plugins
+    bipeft run ... --overwrite --out runs/x      # start the run in runs/x afresh
+    bipeft search ... / bipeft retrain RUN / bipeft show RUN / bipeft export RUN [--format peft]
+    bipeft plugins / bipeft --version
 
-Errors in the input end with a one-line message and exit status 2; an
-interrupted run prints how to resume it and exits with 130.
+Everything a run needs is checked before its folder is written. Errors in
+the input (and files that cannot be read or written) end with one line,
+``bipeft: error: ...``, and exit status 2; an interrupted run prints the
+command that resumes it and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -39,7 +43,7 @@ class Printer:
         if self.mode == "normal":
             print(text, flush=True)
 
-    def event(self, kind: str, **data: Any) -> None:
+    def event(self, kind: str, /, **data: Any) -> None:
         if self.mode == "jsonl":
             print(json.dumps({"event": kind, **data}, default=str), flush=True)
 
@@ -78,11 +82,32 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+#: The options that change the spec, as (attribute, flag).
+SPEC_FLAGS = (("spec", "--spec"), ("task", "--task"), ("model", "--model"), ("budget", "--budget"),
+              ("space", "--space"), ("epochs", "--epochs"), ("seed", "--seed"), ("max_train", "--max-train"),
+              ("set", "--set"))
+
+
+def _given_flags(args: argparse.Namespace) -> list[str]:
+    """The spec flags given on the command line, as the user wrote them."""
+    out = []
+    for attr, flag in SPEC_FLAGS:
+        value = getattr(args, attr, None)
+        if value is None or value == []:
+            continue
+        out.extend(f"{flag} {v}" for v in value) if isinstance(value, list) else out.append(f"{flag} {value}")
+    return out
+
+
+def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The spec dict of the command line: ``--spec`` (else ``base``, else the
+    embedded default of ``--task``) with the flags applied."""
     from bipeft_core.runner import default_spec
     from bipeft_core.tomlio import TOMLDecodeError, loads
 
-    if args.spec:
+    if base is not None and not args.spec:
+        data = json.loads(json.dumps(base))  # a deep copy
+    elif args.spec:
         path = Path(args.spec)
         try:
             data = loads(path.read_text(encoding="utf-8"))
@@ -127,7 +152,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         _set(data, key.strip(), _parse_value(value.strip()))
     optimizer = data.get("search", {}).get("optimizer", "iterative")
     optimizer = optimizer.get("name") if isinstance(optimizer, dict) else optimizer
-    if not args.spec and optimizer != "iterative" and "search.trigger" not in user_keys:
+    if not args.spec and base is None and optimizer != "iterative" and "search.trigger" not in user_keys:
         data["search"].pop("trigger", None)  # the embedded default's trigger is BIPEFT's
     return data
 
@@ -182,28 +207,102 @@ def _summary_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _apply_resume_flags(args: argparse.Namespace, run: Any, plugins: Any) -> None:
+    """``--resume`` with spec flags: apply them when they change only stages
+    not started yet, else refuse naming the flags (never ignore them)."""
+    from bipeft_core.spec import Pipeline
+
+    given = _given_flags(args)
+    if not given:
+        return
+    old = run.pipeline.to_dict()
+    new_pipe = Pipeline.from_dict(build_spec(args, base=old), plugins=plugins, source=" ".join(given))
+    new = new_pipe.to_dict()
+    changed = [t for t in ("model", "budget", "space", "search", "retrain") if old.get(t) != new.get(t)]
+    if not changed:
+        return
+    blocked = []
+    if set(changed) & {"model", "budget", "space", "search"}:
+        if run.stage_done("search"):
+            blocked.append("the search is finished")
+        elif (run.folder / "search").exists():
+            blocked.append("the search has a checkpoint")
+    if set(changed) & {"model", "retrain"}:
+        if run.stage_done("retrain"):
+            blocked.append("the re-train is finished")
+        elif (run.folder / "retrain" / "checkpoint.pt").exists():
+            blocked.append("the re-train has a checkpoint")
+    if blocked:
+        raise BipeftError(
+            f"--resume continues {run.folder} as it was specified, but {', '.join(given)} change"
+            f"{'s' if len(given) == 1 else ''} its {', '.join(f'[{t}]' for t in changed)} and "
+            f"{' and '.join(blocked)}; drop those flags to resume, or start afresh with the new values: "
+            f"bipeft {args.command} ... --overwrite --out {run.folder}")
+    run.update_spec(new_pipe)
+    printer_note = f"applied {', '.join(given)} to the stages not started yet ({', '.join(changed)})"
+    logging.getLogger("bipeft.cli").info(printer_note)
+
+
+def _check_device(value: str | None) -> None:
+    """``--device``: checked, then handed to the library as ``BIPEFT_DEVICE``."""
+    if value is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise BipeftError(f"--device {value!r}: give cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BipeftError(f"--device {value!r}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BipeftError(f"--device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    os.environ["BIPEFT_DEVICE"] = value
+
+
+def _epoch_reporter(printer: Printer, total: int) -> Any:
+    def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+        printer.event("retrain_epoch", **record)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
+                          if k not in ("epoch", "eligible") and isinstance(v, (int, float)))
+        printer.info(f"re-train epoch {epoch + 1}/{total}: {shown}")
+
+    return on_epoch
+
+
 def cmd_run(args: argparse.Namespace, printer: Printer, stages=("search", "retrain")) -> int:
     from bipeft_core.plugins import load_plugins
-    from bipeft_core.runner import Run
+    from bipeft_core.runner import Run, check_interval
 
+    command = args.command
+    check_interval(args.checkpoint_every)
+    _check_device(args.device)
     plugins = load_plugins([_event_plugin(printer)])
+    data = None
     if args.resume:
         if not args.out:
-            raise BipeftError("--resume needs the run folder: bipeft run --resume --out RUN_FOLDER")
+            raise BipeftError(f"--resume needs the run folder: bipeft {command} --resume --out RUN_FOLDER")
+        if args.overwrite:
+            raise BipeftError("--resume continues a run and --overwrite starts it afresh; give one of them")
         run = Run.open(args.out, plugins=plugins)
+        _apply_resume_flags(args, run, plugins)
         printer.info(f"resuming {run.folder}: done so far: "
                      f"{', '.join(k for k, v in run.info['stages'].items() if v.get('done')) or 'nothing'}")
     else:
         pipeline = _pipeline(args, plugins)
-        run = Run.create(args.out or _default_out(pipeline), pipeline, argv=sys.argv)
+        folder = Path(args.out) if args.out else _default_out(pipeline)
+        Run.check_folder(folder, pipeline, overwrite=args.overwrite, command=command)  # before loading anything
+        data = Run.prepare(pipeline, data_dir=args.data_dir)
+        run = Run.create(folder, pipeline, argv=sys.argv, overwrite=args.overwrite)
         printer.info(f"run folder {run.folder}")
     printer.event("start", folder=str(run.folder), spec=run.pipeline.to_dict())
     try:
         summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal", stages=stages,
-                              checkpoint_every=args.checkpoint_every,
-                              on_stage=lambda stage, _: printer.info(f"{stage} done"))
+                              checkpoint_every=args.checkpoint_every, data=data,
+                              on_stage=lambda stage, _: printer.info(f"{stage} done"),
+                              on_epoch=_epoch_reporter(printer, run.pipeline.retrain_settings.epochs))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with: bipeft run --resume --out {run.folder}", file=sys.stderr)
+        print(f"\ninterrupted; resume with: bipeft {command} --resume --out {run.folder}", file=sys.stderr)
         return EXIT_INTERRUPTED
     printer.summary(_summary_text(summary), summary)
     return 0
@@ -212,10 +311,17 @@ def cmd_run(args: argparse.Namespace, printer: Printer, stages=("search", "retra
 def cmd_retrain(args: argparse.Namespace, printer: Printer) -> int:
     from bipeft_core.runner import Run
 
+    _check_device(args.device)
     run = Run.open(args.result)
     if not run.stage_done("search"):
-        raise BipeftError(f"{run.folder} has no finished search; finish it with bipeft run --resume --out {run.folder}")
-    summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal")
+        raise BipeftError(f"{run.folder} has no finished search; finish it with bipeft search --resume --out "
+                          f"{run.folder} (or bipeft run --resume --out {run.folder})")
+    try:
+        summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal",
+                              on_epoch=_epoch_reporter(printer, run.pipeline.retrain_settings.epochs))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: bipeft retrain {run.folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     printer.summary(_summary_text(summary), summary)
     return 0
 
@@ -257,8 +363,8 @@ def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
 def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     from safetensors.torch import load_file
 
-    from bipeft_core.export import export
-    from bipeft_core.runner import Run
+    from bipeft_core.export import choose_format, export
+    from bipeft_core.runner import Run, check_model_path
     from bipeft_core.structure import Structure
     from bipeft_core.tasks import get_task, load_task_model
 
@@ -271,7 +377,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     plugins = pipe.get_plugins()
     from bipeft_core.runner import default_model_path
 
-    model_path = pipe.model.name_or_path or default_model_path()
+    model_path = check_model_path(pipe.model.name_or_path or default_model_path())
     model = load_task_model(model_path, get_task(pipe.model.task, plugins))
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
@@ -280,11 +386,25 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     except Exception as exc:
         raise BipeftError(f"{weights} could not be read ({exc}); the file is corrupt: re-train with "
                           f"bipeft retrain {run.folder}") from None
-    out = Path(args.out) if args.out else run.folder / f"export-{args.format}"
-    written = export(peft_model, out, format=args.format, base_model_name_or_path=model_path)
-    printer.info(f"exported ({args.format}) to {written}")
-    printer.event("exported", format=args.format, path=str(written))
+    fmt, why = (args.format, None) if args.format else choose_format(peft_model)
+    out = Path(args.out) if args.out else run.folder / f"export-{fmt}"
+    try:
+        written = export(peft_model, out, format=fmt, base_model_name_or_path=model_path, overwrite=args.overwrite)
+    except BipeftError as exc:
+        raise BipeftError(_cli_words(str(exc))) from None
+    chosen = "" if args.format else (" (the default: peft can hold this structure)" if why is None else
+                                     f" (the default, as peft cannot hold this structure: {_cli_words(why)})")
+    printer.info(f"exported in the {fmt} format{chosen} to {written}")
+    printer.event("exported", format=fmt, path=str(written), chosen=args.format is None, why=why)
     return 0
+
+
+def _cli_words(message: str) -> str:
+    """A library message with its Python keyword arguments as the CLI's flags."""
+    for python, flag in (("format='bipeft'", "--format bipeft"), ("format='peft'", "--format peft"),
+                         ("overwrite=True", "--overwrite")):
+        message = message.replace(python, flag)
+    return message
 
 
 def cmd_plugins(args: argparse.Namespace, printer: Printer) -> int:
@@ -325,42 +445,120 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one spec field, e.g. --set search.trigger.max_triggers=50 (repeatable)")
     p.add_argument("--out", help="the run folder (default: runs/<task>-<optimizer>-<budget>-<seed>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (spec flags apply to stages not started yet)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out afresh, deleting the run folder's earlier contents")
     p.add_argument("--data-dir", help="GLUE/SuperGLUE folder (default: $BIPEFT_DATA_DIR, else the hub)")
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS",
                    help="write a search checkpoint every STEPS steps (also after each trigger and epoch)")
+    _device_option(p)
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU when there is one, else the CPU)")
+
+
+def _output_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """-q/--jsonl, accepted before and after the command (after it they
+    keep the value given before unless given again)."""
+    mode = p.add_mutually_exclusive_group()
+    default = {} if top else {"default": argparse.SUPPRESS}
+    mode.add_argument("-q", "--quiet", action="store_true", help="print only the final summary", **default)
+    mode.add_argument("--jsonl", action="store_true", help="print events as JSON lines (for scripts)", **default)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bipeft_core import __version__
+
     parser = argparse.ArgumentParser(prog="bipeft", description="Budget-guided search for PEFT structures.")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
-    mode.add_argument("--jsonl", action="store_true", help="print events as JSON lines (for scripts)")
+    parser.add_argument("--version", action="version", version=f"bipeft {__version__}")
+    _output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("run", help="search, re-train and evaluate")
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kw)
+        _output_options(p, top=False)
+        return p
+
+    p = add("run", help="search, re-train and evaluate")
     _spec_options(p)
-    p = sub.add_parser("search", help="search only (re-train later with bipeft retrain)")
+    p = add("search", help="search only (re-train later with bipeft retrain)")
     _spec_options(p)
-    p = sub.add_parser("retrain", help="re-train and evaluate the structure of a finished search")
+    p = add("retrain", help="re-train and evaluate the structure of a finished search")
     p.add_argument("result", help="a run folder")
     p.add_argument("--data-dir", help="GLUE/SuperGLUE folder (default: $BIPEFT_DATA_DIR)")
-    p = sub.add_parser("show", help="print a result's structure and write its plots")
+    _device_option(p)
+    p = add("show", help="print a result's structure and write its plots")
     p.add_argument("result", help="a run folder or a search_result.json")
     p.add_argument("--plots", help="folder for the PNG plots (default: beside the result)")
     p.add_argument("--no-plots", action="store_true", help="print the table only")
-    p = sub.add_parser("export", help="export the re-trained model (peft or bipeft format)")
+    p = add("export", help="export the re-trained model (peft or bipeft format)")
     p.add_argument("result", help="a run folder with a finished re-train")
-    p.add_argument("--format", choices=("peft", "bipeft"), default="peft")
+    p.add_argument("--format", choices=("peft", "bipeft"), default=None,
+                   help="peft or bipeft (default: peft when peft can hold the structure, else bipeft)")
     p.add_argument("--out", help="the export folder (default: RUN/export-<format>)")
-    sub.add_parser("plugins", help="list every registered module type, strategy, space, target map and task")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    add("plugins", help="list every registered module type, strategy, space, target map and task")
     return parser
+
+
+class _LogHandler(logging.Handler):
+    """The library's ``bipeft`` log records on stderr (``--jsonl``: as
+    ``log`` events on stdout)."""
+
+    def __init__(self, printer: Printer) -> None:
+        super().__init__(logging.INFO if printer.mode == "normal" else logging.WARNING)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.printer.mode == "jsonl":
+            self.printer.event("log", level=record.levelname.lower(), logger=record.name, message=message)
+        elif record.levelno >= logging.WARNING:
+            print(f"bipeft: {record.levelname.lower()}: {message}", file=sys.stderr, flush=True)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a file that cannot be read or written: the path, why, the fix."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else ""
+    why = exc.strerror or str(exc)
+    fixes = {
+        errno.EACCES: "choose a place you may write to, or change its permissions",
+        errno.EPERM: "choose a place you may write to, or change its permissions",
+        errno.EROFS: "the file system is read-only; choose another place",
+        errno.ENOSPC: "the disk is full; free space or choose another place",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EISDIR: "the path is a folder; give a file",
+        errno.EEXIST: "the path exists; choose another",
+        errno.ENOENT: "check the path",
+    }
+    fix = fixes.get(exc.errno, "check the path and its permissions")
+    return f"{str(path)!r}: {why}; {fix}" if path else f"{why}; {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     printer = Printer("quiet" if args.quiet else "jsonl" if args.jsonl else "normal")
+    handler = _LogHandler(printer)
+    library_logger = logging.getLogger("bipeft")
+    library_logger.addHandler(handler)
+    previous_level = library_logger.level
+    library_logger.setLevel(logging.INFO)
+    try:
+        return _main(args, printer)
+    finally:
+        library_logger.removeHandler(handler)
+        library_logger.setLevel(previous_level)
+
+
+def _main(args: argparse.Namespace, printer: Printer) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # "Some weights ... newly initialized" is expected here: the task head is new
         import transformers
@@ -380,6 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command]()
     except BipeftError as exc:
         print(f"bipeft: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnicodeDecodeError as exc:  # the readers name their file; this is the last resort
+        print(f"bipeft: error: a file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "convert it to UTF-8", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"bipeft: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

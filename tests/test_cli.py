@@ -265,3 +265,117 @@ def test_set_reaches_a_parameter_of_a_component_given_by_name():
     assert data["search"]["optimizer"] == {"name": "iterative", "variant": "entangled"}
     with pytest.raises(cli.BipeftError, match="epochs is not a table"):
         cli._set(data, "search.epochs.x", 1)
+
+
+def test_version_and_global_options_after_the_command(capsys):
+    from bipeft_core import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"bipeft {__version__}"
+    assert cli.main(["plugins", "--jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(json.loads(x)["event"] == "plugin" for x in lines)
+    assert cli.main(["--jsonl", "plugins", "-q"]) == 0  # given again after the command, the later one counts
+    assert "kind" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_jsonl_reports_each_retrain_epoch_and_the_search_checkpoint_is_gone_after_the_search(
+        tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--set", "retrain.epochs=2", "--jsonl",
+                    "--checkpoint-every", "1")
+    assert cli.main(args) == 0
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    epochs = [e for e in events if e["event"] == "retrain_epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1] and all("accuracy" in e and "train_loss" in e for e in epochs)
+    assert events[-1]["event"] == "summary"
+    assert not (out / "search").exists()  # the checkpoint lives only while the search runs (docs/cli.md)
+
+
+def test_the_same_command_reuses_a_folder_with_no_finished_stage_and_overwrite_starts_afresh(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    import bipeft_core.plugins as plugins_module
+
+    out = tmp_path / "run"
+    args = run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--checkpoint-every", "1")
+    original = plugins_module.load_plugins
+    monkeypatch.setattr(plugins_module, "load_plugins",
+                        lambda plugins=(), **kw: original([*plugins, InterruptAt(2)], **kw))
+    assert cli.main(["search", *args[1:]]) == cli.EXIT_INTERRUPTED
+    assert f"bipeft search --resume --out {out}" in capsys.readouterr().err  # the command that was run
+    monkeypatch.setattr(plugins_module, "load_plugins", original)
+    # another spec is refused while the search has a checkpoint ...
+    assert cli.main(run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--seed", "7")) == cli.EXIT_USAGE
+    assert "--overwrite" in capsys.readouterr().err
+    # ... the same command continues it
+    assert cli.main(["search", *args[1:]]) == 0
+    assert json.loads((out / "run.json").read_text())["stages"]["search"]["resumed"]
+    # a finished stage: the same command is refused, --overwrite starts afresh
+    assert cli.main(["search", *args[1:]]) == cli.EXIT_USAGE
+    assert "bipeft search --resume --out" in capsys.readouterr().err
+    (out / "marker").write_text("old")
+    assert cli.main(["search", *args[1:], "--overwrite", "--seed", "7"]) == 0
+    assert not (out / "marker").exists() and json.loads((out / "run.json").read_text())["seed"] == 7
+
+
+def test_resume_applies_a_flag_to_a_stage_not_started_and_refuses_it_for_a_finished_one(
+        tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["search", *run_args(tiny_model_dir, out, "--data-dir", str(data_dir))[1:]]) == 0
+    assert cli.main(["run", "--resume", "--out", str(out), "--epochs", "2"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--epochs 2" in err and "[search]" in err and "the search is finished" in err
+    assert cli.main(["run", "--resume", "--out", str(out), "--set", "retrain.epochs=2",
+                     "--data-dir", str(data_dir)]) == 0
+    assert len(json.loads((out / "retrain" / "metrics.json").read_text())["epochs"]) == 2
+    assert "epochs = 2" in (out / "spec.toml").read_text().split("[retrain]")[1]
+
+
+def test_export_without_a_format_picks_one_that_holds_the_structure(lora_run, tiny_model_dir, data_dir, tmp_path,
+                                                                    capsys):
+    pytest.importorskip("peft")
+    assert cli.main(["export", str(lora_run), "--out", str(tmp_path / "a")]) == 0
+    assert "peft format (the default" in capsys.readouterr().out
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+    run = tmp_path / "run"  # BIPEFT's structure: LoRA with other module types, which peft cannot hold
+    assert cli.main(run_args(tiny_model_dir, run, "--data-dir", str(data_dir))) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "bipeft format (the default, as peft cannot hold this structure" in printed
+    assert (run / "export-bipeft" / "export.json").is_file()
+    assert cli.main(["export", str(run)]) == cli.EXIT_USAGE  # the folder is taken ...
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--overwrite"]) == 0  # ... and replaced on purpose
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import bipeft_core.plugins as plugins_module
+
+    out = tmp_path / "run"
+    original = plugins_module.load_plugins
+    monkeypatch.setattr(plugins_module, "load_plugins",
+                        lambda plugins=(), **kw: original([*plugins, InterruptAt(2)], **kw))
+    assert cli.main(run_args(tiny_model_dir, out, "--data-dir", str(data_dir), "--checkpoint-every", "1")) == \
+        cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(plugins_module, "load_plugins", original)
+    marker = tmp_path / "pwned"
+    torch.save({"format": "bipeft-search-checkpoint", "x": _Exploit(str(marker))},
+               out / "search" / "search-checkpoint.pt")
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", "--out", str(out), "--data-dir", str(data_dir)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert not marker.exists() and "corrupt or not a bipeft checkpoint" in err and err.count("error:") == 1
+
+
+class _Exploit:
+    """Unpickling calls os.system: what weights_only=True must refuse."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.path}",)

@@ -502,7 +502,7 @@ def test_short_tsv_rows_are_skipped_with_a_warning(tmp_path, caplog):
     rows = [[0, "p0", "h0", "entailment"], [1, "only a premise"], [2, "p2", "h2", "not_entailment"]]
     write_tsv(tmp_path / "glue" / "RTE" / "train.tsv", header, rows)
     write_tsv(tmp_path / "glue" / "RTE" / "dev.tsv", header, [rows[0], rows[2]])
-    with caplog.at_level("WARNING", logger="bipeft_core.tasks"):
+    with caplog.at_level("WARNING", logger="bipeft.tasks"):
         dd = TASKS["glue/rte"].load(tmp_path)
     assert dd["train"]["sentence1"] == ["p0", "p2"]
     assert "skipped 1 row(s)" in caplog.text and "train.tsv" in caplog.text
