@@ -46,7 +46,7 @@ SPECS = ROOT / "examples" / "specs"
 TASKS = {"stsb": ("glue/stsb", 3, None), "mrpc": ("glue/mrpc", 5, None), "cola": ("glue/cola", 3, None),
          "rte": ("glue/rte", 5, None), "sst2": ("glue/sst2", 1, 8000)}
 BUDGETS = ("0.1%", "0.5%")
-SEEDS = (42, 43, 44)
+SEEDS = (42, 43, 44, 45, 46)
 #: methods searched or sized at each budget
 BUDGETED = ("bipeft", "s3delta", "prunepeft", "apet", "peft_adalora")
 #: methods whose size does not depend on the budget
@@ -54,15 +54,28 @@ FIXED = ("peft_lora", "lora", "bitfit", "lnfit", "full")
 METHODS = BUDGETED + FIXED
 #: spec files that a grid may also name with --methods (not in the default grid)
 EXTRA = ("autopeft", "serial_adapter")
+#: BIPEFT as first built (the paper's rules), and the ablations and normaliser variants of docs/search.md
+VARIANTS = ("bipeft_paper", "bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft_norm_live",
+            "bipeft_norm_max")
+EXTRA = EXTRA + VARIANTS
 #: the cells with three seeds (the rest use seed 42)
 SEEDED_METHODS = ("bipeft", "s3delta", "prunepeft", "apet", "peft_lora", "peft_adalora")
 SEEDED_TASKS = ("stsb", "mrpc", "cola")
+#: seeds 42-46 at 0.1 % for the search comparison of docs/search.md (BIPEFT against its rivals), on these tasks
+FIVE_SEEDS = (42, 43, 44, 45, 46)
+FIVE_SEED_METHODS = ("bipeft", "s3delta", "prunepeft", "peft_lora")
+FIVE_SEED_TASKS = ("stsb", "mrpc", "cola", "sst2")
+#: the ablation and normaliser cells: seeds 42-44 on these tasks
+VARIANT_TASKS = ("stsb", "cola")
 PEERS = ("peft_lora", "peft_adalora")
 #: forward+backward passes per recorded search step
 PASSES = {"iterative": 2, "s3delta": 2, "prunepeft": 1}
 RECIPE = {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06, "clip_norm": 1.0}
 FULL_LR = 5e-5
-LABELS = {"autopeft": "AutoPEFT", "serial_adapter": "serial adapter r=8", "bipeft": "BIPEFT", "s3delta": "S3Delta", "prunepeft": "PrunePEFT", "apet": "APET",
+LABELS = {"bipeft_paper": "BIPEFT (paper rules)", "bipeft_sens_only": "BIPEFT paper + 1 (sensitivity)",
+          "bipeft_refill_only": "BIPEFT paper + 2 (re-fill)", "bipeft_trigger_only": "BIPEFT paper + 3 (trigger)",
+          "bipeft_norm_live": "BIPEFT, live-rank normaliser", "bipeft_norm_max": "BIPEFT, max-rank normaliser",
+          "autopeft": "AutoPEFT", "serial_adapter": "serial adapter r=8", "bipeft": "BIPEFT", "s3delta": "S3Delta", "prunepeft": "PrunePEFT", "apet": "APET",
           "peft_adalora": "peft AdaLoRA", "peft_lora": "peft LoRA r=8 (q,v)", "lora": "LoRA r=8 (q,v)",
           "bitfit": "BitFit", "lnfit": "LNFit", "full": "full fine-tuning"}
 QUICK = {"tasks": ("stsb",), "budgets": ("0.1%",), "seeds": (42,), "max_train": 320,
@@ -78,6 +91,18 @@ def cell_id(task: str, budget: str | None, method: str, seed: int) -> str:
     return f"{task}-{budget_tag(budget)}-{method}-s{seed}"
 
 
+def seeded(task: str, method: str, seed: int) -> bool:
+    """Whether the protocol has a cell of ``method`` on ``task`` for ``seed``
+    (seed 42 always; at 0.1 % only for the others)."""
+    if seed == 42:
+        return True
+    if method in FIVE_SEED_METHODS and task in FIVE_SEED_TASKS:
+        return seed in FIVE_SEEDS
+    if method in VARIANTS:
+        return task in VARIANT_TASKS and seed in (43, 44)
+    return method in SEEDED_METHODS and task in SEEDED_TASKS and seed in (43, 44)
+
+
 def protocol_cells(tasks, budgets, methods, seeds) -> list[dict[str, Any]]:
     """The protocol's cells within the given restrictions, in running order:
     seed 42 first (one full pass over the grid), then the other seeds."""
@@ -85,7 +110,7 @@ def protocol_cells(tasks, budgets, methods, seeds) -> list[dict[str, Any]]:
     for seed in sorted(seeds, key=lambda s: (s != 42, s)):
         for task in tasks:
             for method in methods:
-                if seed != 42 and not (method in SEEDED_METHODS and task in SEEDED_TASKS):
+                if not seeded(task, method, seed):
                     continue
                 if method in FIXED or method == "serial_adapter":
                     cells.append({"task": task, "budget": None, "method": method, "seed": seed})
@@ -183,6 +208,9 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
         summary.update(peak_rss_search_mb=peaks.get("search"), retrain_step_time=metrics.get("step_time"),
                        best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
                        search_steps=result.get("steps"), triggers=len(result.get("trace", [])),
+                       trigger_steps=[e["step"] for e in result.get("trace", [])],
+                       repair_log=result.get("repair_log", []), refill_log=result.get("refill_log", []),
+                       budget_use=result["count"] / result["budget"], structure=result["structure"],
                        notes=result.get("notes", []), run_folder=str(folder))
     import torch
 
@@ -330,6 +358,71 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+#: two-sided 95 % quantiles of Student's t by degrees of freedom (seeds − 1)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+#: the rivals BIPEFT is compared with seed by seed, and the ablation rows set against the paper's rules
+RIVALS = ("s3delta", "prunepeft", "peft_lora", "bipeft_paper")
+ABLATIONS = ("bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft", "bipeft_norm_live",
+             "bipeft_norm_max")
+
+
+def scores_by_seed(cells: list[dict[str, Any]], task: str, tag: str, method: str) -> dict[int, float]:
+    """Test metric ×100 per seed of one (task, budget, method); fixed-size methods at any budget."""
+    key = "fixed" if method in FIXED else tag
+    return {c["seed"]: 100 * c["test"][c["metric"]] for c in cells
+            if c["task_key"] == task and c["method"] == method and budget_tag(c["budget_value"]) == key}
+
+
+def paired_difference(ours: dict[int, float], theirs: dict[int, float]) -> dict[str, Any] | None:
+    """Per seed ``ours − theirs`` on the seeds both have: the mean and its
+    t-based 95 % interval (``None`` half-width with one seed)."""
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    diffs = [ours[s] - theirs[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    half = T975[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"seeds": seeds, "mean": mean, "half": half, "diffs": diffs}
+
+
+def _ms(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def paired_lines(cells: list[dict[str, Any]], ours: str, against: tuple[str, ...], tag: str = "b0.1") -> list[str]:
+    """A table row per (task, other method) with both methods' mean ± std
+    over the shared seeds and the paired difference with its 95 % interval."""
+    lines = ["| task | method | other | seeds | method mean ± std | other mean ± std | paired difference [95 % CI] |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for task in TASKS:
+        a = scores_by_seed(cells, task, tag, ours)
+        for other in against:
+            if other == ours:
+                continue
+            d = paired_difference(a, scores_by_seed(cells, task, tag, other))
+            if d is None:
+                continue
+            b = scores_by_seed(cells, task, tag, other)
+            interval = (f" [{d['mean'] - d['half']:+.2f}, {d['mean'] + d['half']:+.2f}]"
+                        if d["half"] is not None else " (one seed)")
+            lines.append(f"| {task} | {LABELS[ours]} | {LABELS[other]} | {','.join(map(str, d['seeds']))} | "
+                         f"{_ms([a[s] for s in d['seeds']])} | {_ms([b[s] for s in d['seeds']])} | "
+                         f"{d['mean']:+.2f}{interval} |")
+    return lines if len(lines) > 2 else []
+
+
+def budget_use_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Budget use of every BIPEFT cell that records it (target ≥ 97 %)."""
+    use = [(c["cell"], c["budget_use"]) for c in cells if c["method"] == "bipeft" and c.get("budget_use")]
+    if not use:
+        return []
+    low = min(use, key=lambda x: x[1])
+    verdict = "met" if low[1] >= 0.97 else "missed"
+    return [f"- BIPEFT budget use: {min(u for _, u in use):.1%} to {max(u for _, u in use):.1%} over "
+            f"{len(use)} cells (lowest {low[0]}; ≥ 97 %): **{verdict}**"]
+
+
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -424,7 +517,18 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
              f"Cells finished: {len(cells)}. Machine: {seen(c.get('device', 'cpu') for c in cells)}, "
              f"{seen(c.get('torch_threads') for c in cells)} torch threads; "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
-    lines += ["## Targets", ""] + (targets(rows) or ["- no BIPEFT row yet"])
+    lines += ["## Targets", ""] + (targets(rows) or ["- no BIPEFT row yet"]) + budget_use_lines(cells)
+    paired_rows = paired_lines(cells, "bipeft", RIVALS)
+    if paired_rows:
+        lines += ["", "## Paired differences at 0.1 %", "",
+                  "BIPEFT minus each rival on the same seed (test metric ×100): the mean over the seeds both "
+                  "have and its t-based 95 % interval.", ""] + paired_rows
+    ablation_rows = paired_lines(cells, "bipeft_paper", ABLATIONS)
+    if ablation_rows:
+        lines += ["", "## Ablation at 0.1 %", "",
+                  "Each variant against BIPEFT with the paper's rules (`bipeft_paper`), seed by seed: the "
+                  "'method' column is the paper's rules, so a negative difference means the variant is better.",
+                  ""] + ablation_rows
     lines += ["", "## Tables"] + table(rows)
     noted = [c for c in cells if c.get("notes") and c.get("search_steps")]
     if noted:
