@@ -239,8 +239,8 @@ def _apply_resume_flags(args: argparse.Namespace, run: Any, plugins: Any) -> Non
             f"{' and '.join(blocked)}; drop those flags to resume, or start afresh with the new values: "
             f"bipeft {args.command} ... --overwrite --out {run.folder}")
     run.update_spec(new_pipe)
-    printer_note = f"applied {', '.join(given)} to the stages not started yet ({', '.join(changed)})"
-    logging.getLogger("bipeft.cli").info(printer_note)
+    logging.getLogger("bipeft.cli").info(
+        "applied %s to the stages not started yet (%s)", ", ".join(given), ", ".join(changed))
 
 
 def _check_device(value: str | None) -> None:
@@ -551,11 +551,16 @@ def main(argv: list[str] | None = None) -> int:
     library_logger.addHandler(handler)
     previous_level = library_logger.level
     library_logger.setLevel(logging.INFO)
+    previous_device = os.environ.get("BIPEFT_DEVICE")
     try:
         return _main(args, printer)
     finally:
         library_logger.removeHandler(handler)
         library_logger.setLevel(previous_level)
+        if previous_device is None:  # --device holds for this command only
+            os.environ.pop("BIPEFT_DEVICE", None)
+        else:
+            os.environ["BIPEFT_DEVICE"] = previous_device
 
 
 def _main(args: argparse.Namespace, printer: Printer) -> int:
