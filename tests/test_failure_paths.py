@@ -294,3 +294,42 @@ def test_there_are_at_least_30_cases_across_every_command():
     ids = " ".join(c[0] for c in CASES)
     for word in ("search-", "retrain-", "export-", "show-", "spec-", "model-", "data-", "budget-"):
         assert word in ids
+
+
+def test_an_unwritable_run_folder_is_one_line_naming_the_path(tmp_path, tiny_model_dir, small_data, monkeypatch,
+                                                              capsys):
+    import errno
+
+    c = Ctx(tmp=tmp_path, model=tiny_model_dir, data=small_data, models={}, finished=tmp_path, searched=tmp_path)
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **kw):
+        if self == c.out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert cli.main(c.args()) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"cannot write the run folder '{c.out}' (Permission denied)" in err and "--out DIR" in err
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    assert cli.main(c.args()) == 0  # the same command, once the place is writable
+
+
+@pytest.mark.parametrize("error, words", [
+    (PermissionError(13, "Permission denied", "/srv/out/x"), ("'/srv/out/x': Permission denied", "permissions")),
+    (OSError(28, "No space left on device", "/srv/out/x"), ("'/srv/out/x'", "the disk is full")),
+    (NotADirectoryError(20, "Not a directory", "/srv/file/x"), ("'/srv/file/x'", "is a file, not a folder")),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ("not UTF-8", "convert it to UTF-8")),
+])
+def test_any_os_or_decoding_error_at_the_cli_is_one_line(monkeypatch, capsys, error, words):
+    def fail(args, printer):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_plugins", fail)
+    assert cli.main(["plugins"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("bipeft: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err, err
