@@ -2,14 +2,15 @@
 
     BIPEFT_DATA_DIR=../shared/data python benchmarks/step_time.py [--task stsb] [--repeats 10]
 
-"Supernet step" (ISSUE-NOTES.md): one forward+backward pass of BIPEFT's
+"Supernet step" (docs/benchmarks.md): one forward+backward pass of BIPEFT's
 supernet (space S2, ranks {1, 4, 8}, MiniLM) in the binary stage with every
 module unpruned, against one forward+backward pass of peft's LoRA r=8 on query
 and value, on the same batch of 32 training examples. A search iteration has
-two such passes (architecture step and weight step). Also timed: the weight
-stage, the binary stage with a growing share of the modules pruned (the
-search gets faster as it prunes), and the task head alone (the floor: no
-backward through the backbone). Prints a table with the median of
+two such passes (architecture step and weight step). Also timed: the binary
+stage with the authors' ``sampled_only`` gate gradients (a module sampled off
+is not computed), the weight stage, the binary stage with a growing share of
+the modules pruned (the search gets faster as it prunes), and the task head
+alone (the floor: no backward through the backbone). Prints a table with the median of
 ``--repeats`` timed passes after ``--warmup`` untimed ones, and writes it as
 JSON and Markdown with ``--out``.
 """
@@ -29,6 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+
+#: the bar for the binary-stage pass against peft's LoRA r=8 pass (issue 10)
+TARGET = 1.2
 
 
 def timed(fn, repeats: int, warmup: int) -> float:
@@ -107,15 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     sn.train()
     gates = torch.Generator().manual_seed(0)
 
-    def stage(mode: str):
+    def stage(mode: str, gate_gradient: str = "straight_through"):
         def run():
             sn.zero_grad(set_to_none=True)
-            sn.configure(mode, temperature=5.0, generator=gates)
+            sn.configure(mode, temperature=5.0, generator=gates, gate_gradient=gate_gradient)
             prepared.loss(sn, batch).backward()
         return run
 
     n = len(specs)
     results[f"supernet binary stage, {n} modules unpruned"] = timed(stage("binary"), args.repeats, args.warmup)
+    results[f"supernet binary stage, sampled_only gates, {n} modules unpruned"] = timed(
+        stage("binary", "sampled_only"), args.repeats, args.warmup)
     results[f"supernet weight stage, {n} modules unpruned"] = timed(stage("weight"), args.repeats, args.warmup)
     results[f"supernet dimension stage, {n} modules unpruned"] = timed(stage("dimension"), args.repeats,
                                                                        args.warmup)
@@ -133,16 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "peft": peft.__version__,
-            "ratio_binary_to_lora": binary / lora_t, "target": 1.5}
+            "ratio_binary_to_lora": binary / lora_t, "target": TARGET}
     lines = [f"Batch of {args.batch_size} {task.name} training examples (padded to {width}, {tokens} tokens), "
              f"median of {args.repeats} forward+backward passes, {torch.get_num_threads()} torch threads, "
              f"{info['machine']}.", "",
              "| pass | seconds | × peft LoRA r=8 |", "|---|---:|---:|"]
     for name, t in results.items():
         lines.append(f"| {name} | {t:.3f} | {t / lora_t:.2f} |")
-    verdict = "met" if binary <= 1.5 * lora_t else "missed"
+    verdict = "met" if binary <= TARGET * lora_t else "missed"
     lines += ["", f"Supernet binary-stage pass with every module unpruned: {binary / lora_t:.2f}× a peft LoRA r=8 "
-              f"pass (target ≤ 1.5×): **{verdict}**."]
+              f"pass (target ≤ {TARGET}×): **{verdict}**."]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -328,6 +328,7 @@ def result_from_dict(d: Mapping[str, Any], *, source: str = "search result") -> 
         wall_time=float(opt("wall_time", num, 0.0)), steps=opt("steps", int, 0),
         budget_met=opt("budget_met", bool, count <= budget), repaired=opt("repaired", bool, False),
         repair_log=tuple(str(x) for x in opt("repair_log", list, [])),
+        refill_log=tuple(str(x) for x in opt("refill_log", list, [])),
         notes=tuple(str(x) for x in opt("notes", list, [])),
         history=tuple(dict(row) for row in history), extra=dict(opt("extra", dict, {})),
     )
@@ -647,6 +648,8 @@ def write_report(result: SearchResult, folder: str | Path) -> list[Path]:
              f"search {result.wall_time:.1f}s"]
     if result.repaired:
         lines.append("budget repair: " + "; ".join(result.repair_log))
+    if result.refill_log:
+        lines.append("re-fill: " + "; ".join(result.refill_log))
     lines.extend(result.notes)
     lines += ["", structure_table(result.structure, result.budget)]
     text = folder / STRUCTURE_TEXT

@@ -68,10 +68,9 @@ def default_spec(task: str) -> dict[str, Any]:
         "model": {"task": name},
         "budget": {"value": "0.1%"},
         "space": {"name": "s2"},
-        # 3-5 epochs leave far fewer steps than the paper's 20: 20 triggers after a
-        # 1-epoch warm-up let the selection finish within the run (docs/cli.md)
-        "search": {"optimizer": "iterative",
-                   "trigger": {"name": "budget_stability", "warmup_epochs": 1.0, "max_triggers": 20}, **train},
+        # the trigger's own defaults place its warm-up and triggers as fractions of the
+        # search's planned steps, so one default suits every task's epochs (docs/search.md)
+        "search": {"optimizer": "iterative", "trigger": {"name": "budget_stability"}, **train},
         "retrain": dict(train),
     }
 

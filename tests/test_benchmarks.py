@@ -37,12 +37,19 @@ def test_protocol_grid_has_the_cells_of_the_notes():
     # seed 42: 5 tasks x (5 budgeted methods x 2 budgets + 5 fixed-size methods)
     assert sum(c["seed"] == 42 for c in cells) == 5 * (5 * 2 + 5)
     extra = [c for c in cells if c["seed"] != 42]
-    # seeds 43, 44: STS-B, MRPC, CoLA x (5 budgeted at 0.1 % + peft LoRA)
-    assert len(extra) == 2 * 3 * 6
-    assert {c["task"] for c in extra} == {"stsb", "mrpc", "cola"}
+    # seeds 43, 44: STS-B, MRPC, CoLA x (5 budgeted at 0.1 % + peft LoRA), and SST-2 x the four compared methods;
+    # seeds 45, 46: STS-B, MRPC, CoLA, SST-2 x (BIPEFT, S3Delta, PrunePEFT, peft LoRA)
+    four = {"bipeft", "s3delta", "prunepeft", "peft_lora"}
+    assert len(extra) == 2 * 3 * 6 + 2 * 4 + 2 * 4 * 4
+    assert {c["task"] for c in extra} == {"stsb", "mrpc", "cola", "sst2"}
+    assert {c["method"] for c in extra if c["task"] == "sst2" or c["seed"] > 44} == four
+    assert {c["seed"] for c in extra} == {43, 44, 45, 46}
     assert {c["budget"] for c in extra} == {"0.1%", None}
     assert {c["method"] for c in extra if c["budget"] is None} == {"peft_lora"}
     assert not any(c["method"] in ("lora", "bitfit", "lnfit", "full") for c in extra)
+    # the ablation variants are named on the command line, seeds 42-44 on STS-B and CoLA
+    variants = grid.protocol_cells(grid.TASKS, ("0.1%",), grid.VARIANTS, grid.SEEDS)
+    assert len(variants) == len(grid.VARIANTS) * (5 + 2 * 2)
     # seed 42 runs first, so one pass over the grid finishes before the extra seeds
     first_extra = next(i for i, c in enumerate(cells) if c["seed"] != 42)
     assert all(c["seed"] == 42 for c in cells[:first_extra])

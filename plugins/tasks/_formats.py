@@ -69,7 +69,7 @@ class GlueTask(Task):
             records = [{field: row[col] for field, col in self.columns.items()} for row in raw]  # type: ignore[index]
         for n, rec in enumerate(records):
             row: dict[str, Any] = {f: rec[f] for f in self.input_fields}
-            where = f"{str(path)!r} data row {n}"
+            where = f"{str(path)!r} data row {n + 1}"  # 1-based, as a reader counts
             if self.kind == "regression":
                 try:
                     row["label"] = float(rec["label"])
