@@ -31,7 +31,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-
 #: the bar for the binary-stage pass against peft's LoRA r=8 pass (issue 10)
 TARGET = 1.2
 
