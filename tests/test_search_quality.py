@@ -105,8 +105,8 @@ def test_spread_schedule_places_warmup_and_triggers_by_planned_steps():
     state = _state(total_steps=300)
     trig = BudgetStability(window=5, warmup_fraction=0.1, span_fraction=0.2, max_triggers=20)
     trig.reset(state)
-    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one per 6 steps
-    assert trig.schedule(state) == (30, 10, 6) and state.triggers_left == 10
+    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one per 6 steps, ending by step 90
+    assert trig.schedule(state) == (30, 10, 90) and state.triggers_left == 10
     fired = _fire_steps(trig, state, 300)
     # a stable indicator: each trigger fires as soon as its spacing allows, all within the span
     assert fired == [36 + 6 * j for j in range(10)]
@@ -114,6 +114,27 @@ def test_spread_schedule_places_warmup_and_triggers_by_planned_steps():
     # fewer planned steps: fewer triggers, never fewer than one
     small = _state(total_steps=20)
     assert trig.schedule(small)[1] == 1
+
+
+def test_a_late_trigger_brings_the_next_ones_closer():
+    state = _state(total_steps=300)
+    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
+    trig.reset(state)
+    assert trig.schedule(state) == (30, 4, 90)  # one trigger due every 15 steps
+    fired = []
+    for step in range(1, 200):
+        state.step = step
+        if step < 60:  # the indicator keeps changing until step 60
+            state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0] if step % 2 else [1.0, 2.0, 3.0, 4.0],
+                                        dtype=torch.float64)
+        else:
+            state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+        if trig.should_fire(state):
+            fired.append(step)
+            state.triggers_left -= 1
+    # the first fires once stable (step 61: steps 59 and 60 had its indicator); the other three share
+    # the 29 steps left to step 90 (9, 10 and 10 apart) instead of 15 each
+    assert fired == [61, 70, 80, 90]
 
 
 def test_fresh_indicators_keep_triggers_apart_without_spread():

@@ -118,8 +118,11 @@ class BudgetStability(Trigger):
     given (the paper's ``prune_begin_epoch``). With ``spread`` (the default)
     the triggers are spread over the ``span_fraction`` of the planned steps
     that follows the warm-up: ``K = min(max_triggers, span // (window + 1))``
-    triggers (at least 1), and trigger ``j`` may not fire before
-    ``warmup + j·⌊span/K⌋``; ``spread = false`` fires
+    triggers (at least 1), each due ``⌊(end − last)/k⌋`` steps after the
+    previous firing (``last``, the warm-up's end before the first; ``k``
+    triggers left; ``end`` the span's last step), so a trigger that waited
+    for stability brings the next ones closer and the selection still ends
+    near ``end``; ``spread = false`` fires
     whenever the indicator is stable (the paper's rule, ``K =
     max_triggers``). With
     ``fresh``, the indicator history is cleared at each firing, so a trigger
@@ -141,12 +144,12 @@ class BudgetStability(Trigger):
     _history: list[torch.Tensor] = attrs.field(init=False, factory=list)
     _last: int = attrs.field(init=False, default=0)
     _warmup_step: int = attrs.field(init=False, default=0)
-    _gap: int = attrs.field(init=False, default=0)
+    _end: int = attrs.field(init=False, default=0)
 
     def schedule(self, state) -> tuple[int, int, int]:
-        """``(warm-up steps, K, minimum steps between firings)`` for a search
-        of ``state.total_steps`` planned steps (``steps_per_epoch`` when
-        unknown)."""
+        """``(warm-up steps, K, the step by which the triggers should have
+        fired)`` for a search of ``state.total_steps`` planned steps
+        (``steps_per_epoch`` when unknown); the last is 0 without ``spread``."""
         planned = state.total_steps or state.steps_per_epoch
         if self.warmup_epochs is not None:
             warmup = math.ceil(self.warmup_epochs * state.steps_per_epoch)
@@ -156,10 +159,10 @@ class BudgetStability(Trigger):
             return warmup, self.max_triggers, 0
         span = max(1, round(self.span_fraction * planned))
         k = max(1, min(self.max_triggers, span // (self.window + 1)))
-        return warmup, k, span // k
+        return warmup, k, warmup + span
 
     def reset(self, state) -> None:
-        self._warmup_step, state.triggers_left, self._gap = self.schedule(state)
+        self._warmup_step, state.triggers_left, self._end = self.schedule(state)
         self._last = self._warmup_step
         self._history = []
 
@@ -187,7 +190,8 @@ class BudgetStability(Trigger):
             return False
         m = self.indicator(state)
         fire = False
-        if len(self._history) >= self.window and state.step - self._last >= self._gap:
+        due = (self._end - self._last) // state.triggers_left if self.spread else 0
+        if len(self._history) >= self.window and state.step - self._last >= due:
             sims = [_cos(m, h) for h in self._history[-self.window:]]
             fire = sum(sims) / self.window >= self.threshold
         self._history.append(m)
