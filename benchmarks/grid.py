@@ -139,6 +139,15 @@ def _step_figures(history: list[dict[str, Any]], strategy: str) -> dict[str, flo
             "search_pass_end": statistics.median(times[-5:]) / passes}
 
 
+def _planned_steps(result: dict[str, Any], epochs: int) -> int | None:
+    """The search's planned weight steps: steps per epoch (read from the
+    last history row, ``step / epoch``) × ``epochs``."""
+    hist = result.get("history") or []
+    if not hist or not hist[-1].get("epoch"):
+        return None
+    return round(hist[-1]["step"] / hist[-1]["epoch"]) * epochs
+
+
 def cell_settings(task: str, epochs: int | None, max_train: int | None) -> tuple[str, int, int | None]:
     """The task's name, epochs and training cap a cell runs with: the protocol's unless overridden."""
     task_name, task_epochs, cap = TASKS[task]
@@ -212,6 +221,7 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
                        trigger_steps=[e["step"] for e in result.get("trace", [])],
                        repair_log=result.get("repair_log", []), refill_log=result.get("refill_log", []),
                        budget_use=result["count"] / result["budget"], structure=result["structure"],
+                       planned_steps=_planned_steps(result, epochs),
                        notes=result.get("notes", []), run_folder=str(folder))
     import torch
 
@@ -413,6 +423,41 @@ def paired_lines(cells: list[dict[str, Any]], ours: str, against: tuple[str, ...
     return lines if len(lines) > 2 else []
 
 
+def structure_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Per (task, budget, method) over the cells that store their structure:
+    the share of the kept parameters in each module type, the modules kept,
+    the budget use and the trigger steps (first and last, mean over seeds)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        if c.get("structure") and c.get("budget_value"):
+            groups.setdefault((c["task_key"], c["budget_value"], c["method"]), []).append(c)
+    if not groups:
+        return []
+    types = sorted({e["type"] for g in groups.values() for c in g for e in c["structure"]["entries"]})
+    lines = ["| task | budget | method | seeds | " + " | ".join(types) + " | modules | budget use | "
+             "trigger steps (first–last) | planned steps |",
+             "|---|---|---|---|" + "---:|" * (len(types) + 4)]
+    order = {m: i for i, m in enumerate(METHODS + EXTRA)}
+    for (task, budget, method), group in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        share = {t: 0.0 for t in types}
+        for c in group:
+            total = sum(e["count"] for e in c["structure"]["entries"]) or 1
+            for e in c["structure"]["entries"]:
+                share[e["type"]] += e["count"] / total / len(group)
+        modules = statistics.mean(len(c["structure"]["entries"]) for c in group)
+        use = statistics.mean(c["budget_use"] for c in group)
+        steps = [c.get("trigger_steps") or [] for c in group]
+        span = (f"{statistics.mean(s[0] for s in steps if s):.0f}–{statistics.mean(s[-1] for s in steps if s):.0f}"
+                if any(steps) else "–")
+        planned = group[0].get("planned_steps")
+        lines.append(f"| {task} | {budget} | {LABELS.get(method, method)} | "
+                     f"{','.join(str(c['seed']) for c in sorted(group, key=lambda c: c['seed']))} | "
+                     + " | ".join(f"{100 * share[t]:.0f} %" for t in types)
+                     + f" | {modules:.1f} | {100 * use:.1f} % | {span} | {planned or '–'} |")
+    return lines
+
+
 def budget_use_lines(cells: list[dict[str, Any]]) -> list[str]:
     """Budget use of every BIPEFT cell that records it (target ≥ 97 %)."""
     use = [(c["cell"], c["budget_use"]) for c in cells if c["method"] == "bipeft" and c.get("budget_use")]
@@ -530,6 +575,11 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
                   "Each variant against BIPEFT with the paper's rules (`bipeft_paper`), seed by seed: the "
                   "'method' column is the paper's rules, so a negative difference means the variant is better.",
                   ""] + ablation_rows
+    structure_rows = structure_lines(cells)
+    if structure_rows:
+        lines += ["", "## Structures", "",
+                  "Share of the kept parameters by module type, mean over the seeds of the cells that store "
+                  "their structure (cells run before issue 10 do not).", ""] + structure_rows
     lines += ["", "## Tables"] + table(rows)
     noted = [c for c in cells if c.get("notes") and c.get("search_steps")]
     if noted:
