@@ -242,3 +242,16 @@ def test_default_search_fills_the_budget_and_records_its_trigger_steps():
     # spread with fresh indicators: two firings are at least window + 1 steps apart
     assert all(b - a >= 6 for a, b in zip(steps, steps[1:]))
     assert list(data["refill_log"]) == list(result.refill_log)
+
+
+def test_weight_only_warmup_takes_no_architecture_step_until_the_warmup_ends():
+    pipe = Pipeline(budget=2000, optimizer={"name": "iterative", "warmup_arch": False},
+                    trigger={"name": "budget_stability", "warmup_fraction": 0.3, "span_fraction": 0.4, "window": 2},
+                    search_settings={"epochs": 4, "batch_size": 16, "lr": 1e-3},
+                    plugins=load_plugins(entry_points=False))
+    result = pipe.search(tiny_model("bert"), synthetic(192))
+    warm = [h for h in result.history if h["arch_loss"] is None]
+    # 6 steps an epoch, 24 planned: a warm-up of round(0.3 * 24) = 7 steps, the trigger checked after each
+    assert [h["step"] for h in warm] == list(range(1, 8))
+    assert all(h["arch_loss"] is not None for h in result.history[7:])
+    assert result.trace and result.trace[0].step > 7 and result.count <= 2000

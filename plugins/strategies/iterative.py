@@ -91,7 +91,11 @@ class Iterative(Optimizer):
     of Gumbel samples. ``stop_when_spent``: end the search once the triggers
     are spent (else train on to the last epoch). ``refill``: after the
     budget repair, add back greedily, by score, what the budget still holds
-    (docs/search.md; the paper has no re-fill).
+    (docs/search.md; the paper has no re-fill). ``warmup_arch``: take
+    architecture steps during the trigger's warm-up (the paper's); false
+    makes the warm-up weight steps only (one pass per step instead of two,
+    the sensitivity from the training products alone), so the same search
+    time reaches a later selection.
 
     ``variant`` selects the paper's Table 2 ablations: ``bipeft`` (the
     method), ``entangled`` (one joint space per module where rank 0 is a
@@ -121,6 +125,7 @@ class Iterative(Optimizer):
     noise: bool = True
     stop_when_spent: bool = True
     refill: bool = True
+    warmup_arch: bool = True
     variant: str = attrs.field(default="bipeft", validator=attrs.validators.in_(VARIANTS))
 
     @property
@@ -250,8 +255,7 @@ class Iterative(Optimizer):
                 next(it_a)
             for batch_a in it_a:
                 t0 = time.perf_counter()
-                batch_b = next_b()
-                fired = self._iteration(ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched,
+                fired = self._iteration(ctx, state, batch_a, next_b, cursor, temp, gates, opt_a, opt_w, sched,
                                         weights, trace, history, started, dist)
                 cursor.batch_in_epoch += 1
                 history[-1]["step_time"] = time.perf_counter() - t0
@@ -277,39 +281,17 @@ class Iterative(Optimizer):
         bar.close()
         return self._finish(ctx, state, trace, history, started, control)
 
-    def _iteration(self, ctx, state, batch_a, batch_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
+    def _iteration(self, ctx, state, batch_a, next_b, cursor, temp, gates, opt_a, opt_w, sched, weights,
                    trace, history, started, dist) -> bool:
         sn = ctx.supernet
         s = ctx.settings
         comps = ctx.components
         batch_a = {k: v.to(ctx.device) for k, v in batch_a.items()}
-        batch_b = {k: v.to(ctx.device) for k, v in batch_b.items()}
-        stage = cursor.stage if self.variant in ("bipeft", "no_selection") else "joint"
-        # -- architecture step on half B --------------------------------------------
-        sn.zero_grad(set_to_none=True)
         sn.train()
-        sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient, noise=self.noise)
-        loss_b = ctx.loss(sn, batch_b)
-        check_finite(dist.mean(loss_b), "architecture", state.step)
-        stepped = {"binary": (sn.alpha,), "dimension": (sn.beta,), "joint": (sn.alpha, sn.beta)}[stage]
-        if self.regularizer:
-            for theta in stepped:
-                if theta is sn.beta:
-                    theta = sn.beta.masked_fill(~sn.cand_valid, 0.0)
-                loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
-        loss_b.backward()
-        dist.all_reduce_grads([*weights, sn.alpha, sn.beta])
-        val_products = sn.module_products()
-        frozen_rows = {id(sn.alpha): sn.pruned, id(sn.beta): sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix}
-        saved = [(p, frozen_rows[id(p)], p.detach()[frozen_rows[id(p)]].clone()) for p in stepped]
-        for p in (sn.alpha, sn.beta):
-            if all(p is not q for q in stepped):
-                p.grad = None
-        opt_a.step()
-        with torch.no_grad():
-            for p, rows, values in saved:
-                p[rows] = values
-        cursor.stage = "dimension" if stage == "binary" else "binary"
+        if self.warmup_arch or not self.selects or comps["trigger"].warmed_up(state):
+            loss_b, val_products = self._arch_step(ctx, state, next_b(), cursor, temp, gates, opt_a, weights, dist)
+        else:  # a weight-only warm-up: no architecture step, no validation products
+            loss_b, val_products = None, [None] * len(ctx.specs)
         # -- weight step on half A --------------------------------------------------
         sn.zero_grad(set_to_none=True)
         sn.configure("weight", temperature=temp, generator=gates, noise=self.noise)
@@ -339,10 +321,41 @@ class Iterative(Optimizer):
             dist.check_same(f"the decisions of step {state.step}", torch.tensor([fired]), sn.pruned, sn.fixed_rank)
         history.append({
             "step": state.step, "epoch": round(state.epoch, 4), "loss": float(dist.mean(loss_a)),
-            "arch_loss": float(dist.mean(loss_b)), "expected_size": self._expected(sn),
+            "arch_loss": None if loss_b is None else float(dist.mean(loss_b)), "expected_size": self._expected(sn),
             "remaining": int((~sn.pruned).sum()), "triggers_left": state.triggers_left,
         })
         return fired
+
+    def _arch_step(self, ctx, state, batch_b, cursor, temp, gates, opt_a, weights, dist):
+        """The architecture step on a batch of half B: returns its loss and the
+        validation products."""
+        sn = ctx.supernet
+        batch_b = {k: v.to(ctx.device) for k, v in batch_b.items()}
+        stage = cursor.stage if self.variant in ("bipeft", "no_selection") else "joint"
+        sn.zero_grad(set_to_none=True)
+        sn.configure(stage, temperature=temp, generator=gates, gate_gradient=self.gate_gradient, noise=self.noise)
+        loss_b = ctx.loss(sn, batch_b)
+        check_finite(dist.mean(loss_b), "architecture", state.step)
+        stepped = {"binary": (sn.alpha,), "dimension": (sn.beta,), "joint": (sn.alpha, sn.beta)}[stage]
+        if self.regularizer:
+            for theta in stepped:
+                if theta is sn.beta:
+                    theta = sn.beta.masked_fill(~sn.cand_valid, 0.0)
+                loss_b = loss_b + self.regularizer * (theta.softmax(-1) - theta).abs().mean(-1).sum()
+        loss_b.backward()
+        dist.all_reduce_grads([*weights, sn.alpha, sn.beta])
+        val_products = sn.module_products()
+        frozen_rows = {id(sn.alpha): sn.pruned, id(sn.beta): sn.pruned | (sn.fixed_rank >= 0) | ~sn.is_matrix}
+        saved = [(p, frozen_rows[id(p)], p.detach()[frozen_rows[id(p)]].clone()) for p in stepped]
+        for p in (sn.alpha, sn.beta):
+            if all(p is not q for q in stepped):
+                p.grad = None
+        opt_a.step()
+        with torch.no_grad():
+            for p, rows, values in saved:
+                p[rows] = values
+        cursor.stage = "dimension" if stage == "binary" else "binary"
+        return loss_b, val_products
 
     @staticmethod
     def _check_checkpoint(data: dict[str, Any], ctx) -> None:
