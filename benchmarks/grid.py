@@ -131,13 +131,17 @@ def _peak_rss_mb() -> float:
 
 def _step_figures(history: list[dict[str, Any]], strategy: str) -> dict[str, float | None]:
     """Median time of one forward+backward pass at the start (steps 2 to 6)
-    and at the end (the last 5 steps) of the search."""
-    times = [h["step_time"] for h in history if "step_time" in h]
+    and at the end (the last 5 steps) of the search. A step of a
+    two-pass strategy that took no architecture step (a weight-only
+    warm-up: its ``arch_loss`` is ``None``) counts one pass."""
     passes = PASSES.get(strategy)
-    if not passes or len(times) < 7:
+    rows = [h for h in history if "step_time" in h]
+    if not passes or len(rows) < 7:
         return {"search_pass_start": None, "search_pass_end": None}
-    return {"search_pass_start": statistics.median(times[1:6]) / passes,
-            "search_pass_end": statistics.median(times[-5:]) / passes}
+    per_pass = [h["step_time"] / (1 if passes == 2 and h.get("arch_loss", 0.0) is None else passes)
+                for h in rows]
+    return {"search_pass_start": statistics.median(per_pass[1:6]),
+            "search_pass_end": statistics.median(per_pass[-5:])}
 
 
 def _planned_steps(result: dict[str, Any], epochs: int) -> int | None:
