@@ -122,12 +122,11 @@ class BudgetStability(Trigger):
     previous firing (``last``, the warm-up's end before the first; ``k``
     triggers left; ``end`` the span's last step), so a trigger that waited
     for stability brings the next ones closer and the selection still ends
-    near ``end``; ``spread = false`` fires
-    whenever the indicator is stable (the paper's rule, ``K =
-    max_triggers``). With
-    ``fresh``, the indicator history is cleared at each firing, so a trigger
-    needs ``window`` indicators taken after the previous one; without it
-    (the paper's), a stable indicator fires on consecutive steps.
+    near ``end``; ``spread = false`` fires whenever the indicator is stable
+    (the paper's rule, ``K = max_triggers``). With ``fresh``, the indicator
+    history is cleared at each firing, so a trigger needs ``window``
+    indicators taken after the previous one; without it (the paper's), a
+    stable indicator fires on consecutive steps.
     """
 
     name = "budget_stability"
