@@ -232,11 +232,23 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
 
     from bipeft_core.runner import versions
 
-    summary.update(versions=versions(), cell=cell_id(**cell), method=cell["method"], seed=cell["seed"], budget_value=cell["budget"],
+    summary.update(versions=versions(), code=_code_version(), cell=cell_id(**cell), method=cell["method"], seed=cell["seed"], budget_value=cell["budget"],
                    task_key=cell["task"], train_epochs=epochs, max_train=cap, peak_rss_mb=_peak_rss_mb(),
                    cell_wall_time=time.perf_counter() - started, torch_threads=torch.get_num_threads(),
                    device=_device_name(device), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return summary
+
+
+def _code_version() -> str | None:
+    """The checkout's commit, with ``+dirty`` when bipeft's own files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bipeft_core", "plugins", "spaces",
+                                "examples/specs"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def _device_name(device: str | None) -> str:

@@ -153,6 +153,22 @@ def test_paper_schedule_fires_on_consecutive_steps():
     assert _fire_steps(trig, state, 40) == [4, 5, 6, 7, 8]
 
 
+def test_past_the_deadline_triggers_fire_without_waiting_for_stability():
+    state = _state(total_steps=300)
+    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
+    trig.reset(state)
+    fired = []
+    for step in range(1, 200):
+        state.step = step
+        # an indicator that never settles
+        state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0] if step % 2 else [1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+        if trig.should_fire(state):
+            fired.append(step)
+            state.triggers_left -= 1
+    # none is stable, so all four fire from the span's end (step 90) on, one a step
+    assert fired == [90, 91, 92, 93]
+
+
 def test_trigger_state_round_trips_the_last_firing():
     state = _state(total_steps=300)
     trig = BudgetStability(window=2, warmup_fraction=0.0, span_fraction=0.5)

@@ -121,8 +121,10 @@ class BudgetStability(Trigger):
     triggers (at least 1), each due ``⌊(end − last)/k⌋`` steps after the
     previous firing (``last``, the warm-up's end before the first; ``k``
     triggers left; ``end`` the span's last step), so a trigger that waited
-    for stability brings the next ones closer and the selection still ends
-    near ``end``; ``spread = false`` fires whenever the indicator is stable
+    for stability brings the next ones closer; from ``end`` on a trigger
+    fires at every step without waiting for stability, so the selection
+    ends by ``end`` plus the triggers left (a deadline that bounds the
+    search's cost); ``spread = false`` fires whenever the indicator is stable
     (the paper's rule, ``K = max_triggers``). With ``fresh``, the indicator
     history is cleared at each firing, so a trigger needs ``window``
     indicators taken after the previous one; without it (the paper's), a
@@ -190,7 +192,9 @@ class BudgetStability(Trigger):
         m = self.indicator(state)
         fire = False
         due = (self._end - self._last) // state.triggers_left if self.spread else 0
-        if len(self._history) >= self.window and state.step - self._last >= due:
+        if self.spread and state.step >= self._end:  # the deadline: no waiting for stability
+            fire = True
+        elif len(self._history) >= self.window and state.step - self._last >= due:
             sims = [_cos(m, h) for h in self._history[-self.window:]]
             fire = sum(sims) / self.window >= self.threshold
         self._history.append(m)
