@@ -15,7 +15,7 @@ from bipeft_core import cli
 from bipeft_core.structure import Structure
 from bipeft_core.testing import InterruptAt
 
-TRIGGER = 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2}'
+TRIGGER = 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2,spread=false,fresh=false}'
 
 
 def run_args(model_dir, out, *extra):
