@@ -103,25 +103,12 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None) -> 
     """The spec dict of the command line: ``--spec`` (else ``base``, else the
     embedded default of ``--task``) with the flags applied."""
     from bipeft_core.runner import default_spec
-    from bipeft_core.tomlio import TOMLDecodeError, loads
+    from bipeft_core.spec import read_spec_file
 
     if base is not None and not args.spec:
         data = json.loads(json.dumps(base))  # a deep copy
     elif args.spec:
-        path = Path(args.spec)
-        try:
-            data = loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BipeftError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec "
-                              "(--spec FILE)") from None
-        except IsADirectoryError:
-            raise BipeftError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
-        except UnicodeDecodeError as exc:
-            raise BipeftError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              "save it as UTF-8") from None
-        except TOMLDecodeError as exc:
-            raise BipeftError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
-                              "(strings need quotes; tables are [name])") from None
+        data = read_spec_file(args.spec)
         if isinstance(data.get("budget"), (str, int)):
             data["budget"] = {"value": data["budget"]}
     else:

@@ -242,6 +242,30 @@ def _to_table(obj: Any) -> dict[str, Any]:
     return out
 
 
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """A TOML spec file's contents as a dict. Raises :class:`SpecError`
+    naming the file and the fix when it is missing, a folder, unreadable,
+    not UTF-8 or not valid TOML."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {str(path)!r} cannot be read ({exc.strerror or exc}); "
+                        "check the path and its permissions") from None
+    try:
+        return loads(text)
+    except TOMLDecodeError as exc:
+        raise SpecError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
+                        "(strings need quotes; tables are [name])") from None
+
+
 @attrs.frozen(kw_only=True)
 class Pipeline:
     """A full BIPEFT (or baseline) pipeline: what to search, under which
@@ -300,25 +324,7 @@ class Pipeline:
     @classmethod
     def from_toml(cls, path: str | Path, *, plugins: Any = None) -> Pipeline:
         """Load a TOML spec file. Raises :class:`SpecError` naming the file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec") from None
-        except IsADirectoryError:
-            raise SpecError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                            "save it as UTF-8") from None
-        except OSError as exc:
-            raise SpecError(f"spec file {str(path)!r} cannot be read ({exc.strerror or exc}); "
-                            "check the path and its permissions") from None
-        try:
-            data = loads(text)
-        except TOMLDecodeError as exc:
-            raise SpecError(f"spec file {str(path)!r} is not valid TOML: {exc}. Fix the syntax there "
-                            "(strings need quotes; tables are [name])") from None
-        return cls.from_dict(data, plugins=plugins, source=str(path))
+        return cls.from_dict(read_spec_file(path), plugins=plugins, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict form; ``Pipeline.from_dict(p.to_dict()) == p``."""

@@ -91,10 +91,18 @@ def _state(total_steps, steps_per_epoch=10):
     return state
 
 
-def _fire_steps(trig, state, steps):
+#: scores whose budget-filling indicators alternate between two disjoint sets (by step parity)
+_ALTERNATING = ([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0])
+
+
+def _fire_steps(trig, state, steps, scores_at=None):
+    """The steps at which ``trig`` fires over ``steps`` steps; ``scores_at(step)``
+    gives the scores of each step (default: the state's, unchanged)."""
     out = []
     for step in range(1, steps + 1):
         state.step = step
+        if scores_at is not None:
+            state.scores = torch.tensor(scores_at(step), dtype=torch.float64)
         if trig.should_fire(state):
             out.append(step)
             state.triggers_left -= 1
@@ -121,17 +129,8 @@ def test_a_late_trigger_brings_the_next_ones_closer():
     trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
     trig.reset(state)
     assert trig.schedule(state) == (30, 4, 90)  # one trigger due every 15 steps
-    fired = []
-    for step in range(1, 200):
-        state.step = step
-        if step < 60:  # the indicator keeps changing until step 60
-            state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0] if step % 2 else [1.0, 2.0, 3.0, 4.0],
-                                        dtype=torch.float64)
-        else:
-            state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
-        if trig.should_fire(state):
-            fired.append(step)
-            state.triggers_left -= 1
+    # the indicator keeps changing until step 60
+    fired = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2] if step < 60 else _ALTERNATING[1])
     # the first fires once stable (step 61: steps 59 and 60 had its indicator); the other three share
     # the 29 steps left to step 90 (9, 10 and 10 apart) instead of 15 each
     assert fired == [61, 70, 80, 90]
@@ -157,14 +156,7 @@ def test_past_the_deadline_triggers_fire_without_waiting_for_stability():
     state = _state(total_steps=300)
     trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
     trig.reset(state)
-    fired = []
-    for step in range(1, 200):
-        state.step = step
-        # an indicator that never settles
-        state.scores = torch.tensor([4.0, 3.0, 2.0, 1.0] if step % 2 else [1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-        if trig.should_fire(state):
-            fired.append(step)
-            state.triggers_left -= 1
+    fired = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2])  # an indicator that never settles
     # none is stable, so all four fire from the span's end (step 90) on, one a step
     assert fired == [90, 91, 92, 93]
 
