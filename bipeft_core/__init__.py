@@ -32,12 +32,13 @@ from bipeft_core.interfaces import (
 from bipeft_core.modules import PeftModule
 from bipeft_core.plugins import BUILTIN_PLUGINS, Plugins, StrategyRegistries, default_plugins, load_plugins
 from bipeft_core.registry import Registry
-from bipeft_core.space import DeclarativeSpace, ModuleSpec, Shape
+from bipeft_core.space import DeclarativeSpace
 from bipeft_core.spec import Component, ModelSpec, Pipeline, SpaceSpec, TrainSpec
 from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import PeftModel, Structure, StructureEntry
 from bipeft_core.supernet import Supernet
-from bipeft_core.targets import Site, TargetMap, backbone_param_count
+from bipeft_core.targets import TargetMap, backbone_param_count
+from bipeft_core.types import ModuleSpec, Shape, Site
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,8 @@ can catch the library's own errors apart from bugs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "BipeftError",
     "BudgetError",
@@ -19,6 +21,7 @@ __all__ = [
     "TargetError",
     "TrainingError",
     "UnknownNameError",
+    "read_text_file",
 ]
 
 
@@ -67,3 +70,30 @@ class DataError(BipeftError, ValueError):
 
 class TrainingError(BipeftError, RuntimeError):
     """Training cannot go on (a NaN loss, for one)."""
+
+
+def read_text_file(path: str | Path, *, what: str, error: type[BipeftError] = BipeftError, fix: str = "",
+                   encoding: str = "utf-8") -> str:
+    """The text of ``path``; the one mapping of what can go wrong reading a
+    file to bipeft's errors. ``what`` names the file for the message
+    (``"spec file"``), ``error`` is the class raised, and ``fix`` is appended
+    to every message. A missing file, a folder, bytes that are not UTF-8
+    (with the line and byte where they stop being so) and any other
+    ``OSError`` (with its reason) each get their own message."""
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist{tail}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {str(path)!r} is a folder, not a file{tail}") from None
+    except UnicodeDecodeError as exc:
+        raw = path.read_bytes()
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{what} {str(path)!r} is not UTF-8 text ({exc.reason} at line {line}, byte {exc.start}: "
+                    f"{raw[exc.start:exc.start + 1]!r}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8){tail}"
+                    ) from None
+    except OSError as exc:
+        raise error(f"{what} {str(path)!r} cannot be read ({exc.strerror or exc}); check the path and its "
+                    f"permissions{tail}") from None

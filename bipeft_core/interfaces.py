@@ -27,9 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from bipeft_core.space import ModuleSpec, Shape, Site
     from bipeft_core.state import SearchContext, SearchResult, SearchState
     from bipeft_core.targets import TargetMap
+    from bipeft_core.types import ModuleSpec, Shape, Site
 
 __all__ = [
     "DimensionSelector",
@@ -153,6 +153,10 @@ class Trigger(Stateful, ABC):
     """Decides when the selectors run."""
 
     name: ClassVar[str]
+    warmup_epochs: float | None = None
+    """Epochs of warm-up before the first trigger may fire (``None``: none).
+    A spec whose warm-up is not below its search epochs is rejected, since
+    no trigger could fire."""
 
     @abstractmethod
     def reset(self, state: SearchState) -> None:
@@ -212,6 +216,19 @@ class Optimizer(Stateful, ABC):
     """Which of ``sensitivity``, ``trigger``, ``module_selector`` and
     ``dimension_selector`` this optimizer uses; a spec that sets another is
     rejected at load time."""
+    default_components: ClassVar[Mapping[str, Any]] = {}
+    """Per kind of :attr:`components`, the component used when the spec sets
+    none: a registered name or a ``{"name": ..., **params}`` table."""
+    budgeted: ClassVar[bool] = True
+    """``False`` for a method whose structure does not depend on the budget
+    (manual LoRA, BitFit, full fine-tuning): the budget is not checked
+    against the space and the result is not held to it."""
+
+    @property
+    def selects(self) -> bool:
+        """Whether the optimizer's selection is paced by its trigger (so the
+        trigger's warm-up must fit in the search's epochs). Default ``True``."""
+        return True
 
     def adapt_space(self, space: SearchSpace) -> SearchSpace:
         """Called once, before the space is applied to the model. Baselines

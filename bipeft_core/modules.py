@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bipeft_core.space import ModuleSpec
+from bipeft_core.types import ModuleSpec
 
 __all__ = ["PeftModule", "get_submodule", "input_of"]
 

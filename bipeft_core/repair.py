@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bipeft_core.space import ModuleSpec
+from bipeft_core.types import ModuleSpec
 
 __all__ = ["refill_to_budget", "repair_to_budget", "structure_count"]
 

@@ -61,7 +61,7 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
     specs = space.modules(model, tm, plugins.peft_modules)
     total = backbone_param_count(model, tm)
     budget = pipeline.budget.resolve(total)
-    if getattr(components["optimizer"], "budgeted", True):
+    if components["optimizer"].budgeted:
         check_budget(specs, budget)
     train, collate_fn, loss_fn, evaluate_fn = _training_functions(
         task, settings, train, validation, collate_fn, loss_fn, evaluate_fn)

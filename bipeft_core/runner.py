@@ -378,7 +378,7 @@ class Run:
 
         plugins = pipe.get_plugins()
         optimizer = pipe.build_component("optimizer", plugins)
-        if not getattr(optimizer, "budgeted", True):
+        if not optimizer.budgeted:
             return
         tm = find_target_map(model, plugins.target_maps, _target_map(pipe, plugins, None))
         specs = optimizer.adapt_space(pipe.resolved_space()).modules(model, tm, plugins.peft_modules)

@@ -40,9 +40,11 @@ from typing import Any
 import attrs
 
 from bipeft_core.budget import Budget
-from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError
-from bipeft_core.space import _freeze_mapping, _hashable, check_ranks
+from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError, read_text_file
 from bipeft_core.tomlio import TOMLDecodeError, dumps, loads
+from bipeft_core.types import check_ranks
+from bipeft_core.types import freeze_mapping as _freeze_mapping
+from bipeft_core.types import hashable as _hashable
 
 __all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "Pipeline", "SpaceSpec", "TrainSpec"]
 
@@ -247,18 +249,7 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     naming the file and the fix when it is missing, a folder, unreadable,
     not UTF-8 or not valid TOML."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file {str(path)!r} does not exist; give the path of a .toml spec") from None
-    except IsADirectoryError:
-        raise SpecError(f"spec file {str(path)!r} is a folder; give the path of a .toml spec") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        "save it as UTF-8") from None
-    except OSError as exc:
-        raise SpecError(f"spec file {str(path)!r} cannot be read ({exc.strerror or exc}); "
-                        "check the path and its permissions") from None
+    text = read_text_file(path, what="spec file", error=SpecError, fix="give the path of a .toml spec")
     try:
         return loads(text)
     except TOMLDecodeError as exc:
@@ -373,7 +364,7 @@ class Pipeline:
         elif self.space.name not in plugins.spaces:
             _unknown("space.name", plugins.spaces, self.space.name)
         optimizer_cls = self._factory("optimizer", plugins)
-        used = tuple(getattr(optimizer_cls, "components", ()))
+        used = tuple(optimizer_cls.components)
         for kind in COMPONENT_KINDS[1:]:
             comp = getattr(self, kind)
             if comp is None:
@@ -400,10 +391,10 @@ class Pipeline:
         no trigger can fire and the search is a warm-up cut down to the budget
         by the repair alone. ``built``: the spec's components as ``validate``
         built them; ``used``: the kinds the optimizer reads."""
-        if "trigger" not in used or not getattr(built["optimizer"], "selects", True):
+        if "trigger" not in used or not built["optimizer"].selects:
             return
         trigger = built.get("trigger") or self.build_component("trigger", plugins)  # else the optimizer's default
-        warmup = getattr(trigger, "warmup_epochs", None)
+        warmup = trigger.warmup_epochs
         epochs = self.search_settings.epochs
         if warmup is not None and warmup >= epochs:
             raise SpecError(
@@ -427,7 +418,7 @@ class Pipeline:
 
     def _default_component(self, kind: str) -> Component | None:
         optimizer_cls = self._factory("optimizer", self.get_plugins())
-        default = getattr(optimizer_cls, "default_components", {}).get(kind)
+        default = optimizer_cls.default_components.get(kind)
         return None if default is None else Component.parse(default, f"{optimizer_cls.__name__} default {kind}")
 
     def build_component(self, kind: str, plugins: Any = None) -> Any:

@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 import torch
 
-from bipeft_core.space import ModuleSpec
 from bipeft_core.structure import Structure
+from bipeft_core.types import ModuleSpec
 
 __all__ = ["Control", "SearchContext", "SearchResult", "SearchState", "TriggerEvent"]
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from bipeft_core.budget import format_count
 from bipeft_core.errors import StructureError
-from bipeft_core.space import ModuleSpec, Shape
+from bipeft_core.types import ModuleSpec, Shape
 
 __all__ = ["PeftModel", "Structure", "StructureEntry"]
 

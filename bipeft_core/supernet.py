@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from bipeft_core.modules import PeftModule
-from bipeft_core.space import ModuleSpec
+from bipeft_core.types import ModuleSpec
 
 __all__ = ["MODES", "Supernet", "gumbel_hard", "trainable_head_parameters"]
 

@@ -24,6 +24,7 @@ import attrs
 from torch import nn
 
 from bipeft_core.errors import TargetError
+from bipeft_core.types import Site
 
 __all__ = ["ROLES", "Site", "TargetMap", "backbone_param_count", "find_target_map", "head_module_names"]
 
@@ -48,23 +49,6 @@ def _tuple_of_str(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(str(v) for v in value)
-
-
-@attrs.frozen(kw_only=True)
-class Site:
-    """One backbone module a PEFT module can attach to."""
-
-    name: str
-    """Full module name in the model, e.g. ``bert.encoder.layer.0.attention.self.query``."""
-    role: str
-    layer: str
-    """The block it sits in (``encoder.layer.0``), or its own name outside blocks."""
-    kind: str
-    """``linear``, ``norm`` or ``other``."""
-    in_features: int
-    out_features: int
-    order: int
-    """Position in ``model.named_modules()``: the modules' canonical order."""
 
 
 def _module_kind_and_shape(module: nn.Module) -> tuple[str, int, int]:

@@ -31,8 +31,8 @@ from torch import nn
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule, get_submodule
-from bipeft_core.space import ModuleSpec, Shape, check_ranks
-from bipeft_core.targets import ROLES, Site
+from bipeft_core.targets import ROLES
+from bipeft_core.types import ModuleSpec, Shape, Site, check_ranks
 
 __all__ = [
     "TINY_FAMILIES",

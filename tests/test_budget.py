@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bipeft_core import Budget, BudgetError, fill_walk, prune_walk
-from bipeft_core.space import ModuleSpec, Shape
 from bipeft_core.structure import Structure
+from bipeft_core.types import ModuleSpec, Shape
 
 
 @pytest.mark.parametrize(

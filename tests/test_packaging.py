@@ -1,5 +1,6 @@
 """The distribution ships every package and data file, under namespaced
-import names (plugins/ -> bipeft_plugins, spaces/ -> bipeft_spaces)."""
+import names, each in a folder of its own name (plugins/bipeft_plugins,
+spaces/bipeft_spaces)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,14 @@ def test_every_package_folder_is_listed_under_its_namespaced_name():
     assert not {"plugins", "spaces"} & {name.split(".")[0] for name in listed}
 
 
+def test_every_package_folder_is_named_as_its_import_name():
+    for import_name, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        assert Path(folder).name == import_name, (import_name, folder)
+
+
 def test_data_files_are_declared():
     data = PYPROJECT["tool"]["setuptools"]["package-data"]
-    assert "*.toml" in data["bipeft_spaces"] and list((ROOT / "spaces").glob("*.toml"))
+    assert "*.toml" in data["bipeft_spaces"] and list((ROOT / "spaces" / "bipeft_spaces").glob("*.toml"))
     assert "*.py" in data["bipeft_plugins.metrics"]
 
 

@@ -21,7 +21,7 @@ from bipeft_core.errors import TargetError
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule, input_of
-from bipeft_core.space import Shape
+from bipeft_core.types import Shape
 
 UNSCALED_ATTENTION = ("t5", "mt5", "umt5")
 

@@ -5,11 +5,10 @@ and biases zero (output unchanged at initialisation)."""
 
 from __future__ import annotations
 
-from bipeft_plugins.modules._bottleneck import BottleneckModule, bottleneck_count
-
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
-from bipeft_core.space import Shape
+from bipeft_core.types import Shape
+from bipeft_plugins.modules._bottleneck import BottleneckModule, bottleneck_count
 
 
 class SerialAdapterModule(BottleneckModule):

@@ -16,6 +16,8 @@ truncation keeps the question.
 
 from __future__ import annotations
 
+from bipeft_core.hookspecs import hookimpl
+from bipeft_core.tasks import Task
 from bipeft_plugins.metrics import metric_path
 from bipeft_plugins.tasks._formats import (
     COPATask,
@@ -25,9 +27,6 @@ from bipeft_plugins.tasks._formats import (
     SuperGlueTask,
     WiCTask,
 )
-
-from bipeft_core.hookspecs import hookimpl
-from bipeft_core.tasks import Task
 
 __all__ = [
     "COPATask",

@@ -13,12 +13,6 @@ from typing import Any
 
 import attrs
 import torch
-from bipeft_plugins.strategies.iterative import (
-    check_finite,
-    load_trainable_state,
-    trace_from_dicts,
-    trainable_state,
-)
 
 from bipeft_core.budget import fill_walk
 from bipeft_core.checkpoint import CheckpointError
@@ -30,6 +24,12 @@ from bipeft_core.space import DeclarativeSpace
 from bipeft_core.state import Control, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
 from bipeft_core.training import linear_schedule, make_loader, split_halves
+from bipeft_plugins.strategies.iterative import (
+    check_finite,
+    load_trainable_state,
+    trace_from_dicts,
+    trainable_state,
+)
 
 
 def _result(ctx, strategy: str, choices: dict[int, int | None], started: float, *, steps: int = 0,

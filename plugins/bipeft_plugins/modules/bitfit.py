@@ -8,11 +8,11 @@ normalisation layers. Count: the output width.
 from __future__ import annotations
 
 import torch
-from bipeft_plugins.modules._vector import VectorModuleType
 from torch import nn
 
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.modules import PeftModule
+from bipeft_plugins.modules._vector import VectorModuleType
 
 
 class BitFitModule(PeftModule):

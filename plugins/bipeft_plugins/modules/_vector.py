@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from bipeft_core.interfaces import PeftModuleType
-from bipeft_core.space import Shape
+from bipeft_core.types import Shape
 
 
 class VectorModuleType(PeftModuleType):

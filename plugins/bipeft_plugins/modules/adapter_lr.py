@@ -18,7 +18,7 @@ from torch import nn
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule
-from bipeft_core.space import Shape
+from bipeft_core.types import Shape
 
 
 def bottleneck_of(d: int, reduction: int = 32) -> int:

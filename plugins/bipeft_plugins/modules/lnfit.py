@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bipeft_plugins.modules._vector import VectorModuleType
 from torch import nn
 
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.modules import PeftModule
+from bipeft_plugins.modules._vector import VectorModuleType
 
 
 def normalised_input(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from bipeft_core.budget import fill_walk, prune_walk
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import DimensionSelector, ModuleSelector, SensitivityEstimator, Trigger
-from bipeft_core.space import ModuleSpec
+from bipeft_core.types import ModuleSpec
 
 CRITERIA = ("cos", "train", "val", "sum", "cos_sum")
 NORMALIZERS = ("expected", "live", "max")

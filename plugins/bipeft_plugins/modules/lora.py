@@ -17,7 +17,7 @@ from torch import nn
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule
-from bipeft_core.space import ModuleSpec, Shape
+from bipeft_core.types import ModuleSpec, Shape
 
 
 class LoRAModule(PeftModule):

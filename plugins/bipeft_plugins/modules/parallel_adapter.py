@@ -6,12 +6,11 @@ Llama's gate and up projections, their shared input is used). Count
 
 from __future__ import annotations
 
-from bipeft_plugins.modules._bottleneck import BottleneckModule, bottleneck_count
-
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import input_of
-from bipeft_core.space import Shape
+from bipeft_core.types import Shape
+from bipeft_plugins.modules._bottleneck import BottleneckModule, bottleneck_count
 
 
 class ParallelAdapterModule(BottleneckModule):
