@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -71,7 +73,9 @@ VARIANT_TASKS = ("stsb", "cola")
 PEERS = ("peft_lora", "peft_adalora")
 #: forward+backward passes per recorded search step
 PASSES = {"iterative": 2, "s3delta": 2, "prunepeft": 1}
-RECIPE = {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06, "clip_norm": 1.0}
+#: the shared training recipe: the default spec's [retrain] table (one place for it), less the seed
+RECIPE = {k: v for k, v in tomllib.loads((ROOT / "plugins" / "bipeft_plugins" / "default_spec.toml").read_text(
+    encoding="utf-8"))["retrain"].items() if k != "seed"}
 FULL_LR = 5e-5
 LABELS = {"bipeft_paper": "BIPEFT (paper rules)", "bipeft_sens_only": "BIPEFT paper + 1 (sensitivity)",
           "bipeft_refill_only": "BIPEFT paper + 2 (re-fill)", "bipeft_trigger_only": "BIPEFT paper + 3 (trigger)",
@@ -182,8 +186,6 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
                            epochs=epochs, max_train=cap, data_dir=data_dir, recipe=RECIPE, progress=progress)
         summary.update(peak_rss_search_mb=None, search_pass_start=None, search_pass_end=None)
     else:
-        import tomllib
-
         from bipeft_core import Pipeline, load_plugins
         from bipeft_core.cli import _parse_value, _set
         from bipeft_core.runner import Run

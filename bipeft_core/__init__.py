@@ -3,6 +3,7 @@
 The public API is re-exported here; helper modules are private by convention.
 """
 
+from bipeft_core._version import __version__
 from bipeft_core.budget import Budget, fill_walk, prune_walk
 from bipeft_core.errors import (
     BipeftError,
@@ -30,17 +31,16 @@ from bipeft_core.interfaces import (
     Trigger,
 )
 from bipeft_core.modules import PeftModule
+from bipeft_core.pipeline import Pipeline
 from bipeft_core.plugins import BUILTIN_PLUGINS, Plugins, StrategyRegistries, default_plugins, load_plugins
 from bipeft_core.registry import Registry
 from bipeft_core.space import DeclarativeSpace
-from bipeft_core.spec import Component, ModelSpec, Pipeline, SpaceSpec, TrainSpec
+from bipeft_core.spec import Component, ModelSpec, PipelineSpec, SpaceSpec, TrainSpec
 from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import PeftModel, Structure, StructureEntry
 from bipeft_core.supernet import Supernet
 from bipeft_core.targets import TargetMap, backbone_param_count
 from bipeft_core.types import ModuleSpec, Shape, Site
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -61,6 +61,7 @@ __all__ = [
     "PeftModule",
     "PeftModuleType",
     "Pipeline",
+    "PipelineSpec",
     "Plugins",
     "Registry",
     "RegistryError",

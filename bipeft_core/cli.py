@@ -99,11 +99,12 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None, plugins: Any = None) -> dict[str, Any]:
     """The spec dict of the command line: ``--spec`` (else ``base``, else the
-    embedded default of ``--task``) with the flags applied."""
+    default spec of ``--task``, see :func:`bipeft_core.runner.default_spec`)
+    with the flags applied."""
     from bipeft_core.runner import default_spec
-    from bipeft_core.spec import read_spec_file
+    from bipeft_core.spec import COMPONENT_KINDS, read_spec_file
 
     if base is not None and not args.spec:
         data = json.loads(json.dumps(base))  # a deep copy
@@ -114,7 +115,9 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None) -> 
     else:
         if not args.task:
             raise BipeftError("give a task (--task stsb) or a spec (--spec FILE)")
-        data = default_spec(args.task)
+        data = default_spec(args.task, plugins)
+    from_default = not args.spec and base is None
+    default_optimizer = _component_name(data.get("search", {}).get("optimizer")) if from_default else None
     if args.task:
         _set(data, "model.task", args.task)
     if args.model:
@@ -137,17 +140,25 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None) -> 
         key, value = item.split("=", 1)
         user_keys.add(key.strip())
         _set(data, key.strip(), _parse_value(value.strip()))
-    optimizer = data.get("search", {}).get("optimizer", "iterative")
-    optimizer = optimizer.get("name") if isinstance(optimizer, dict) else optimizer
-    if not args.spec and base is None and optimizer != "iterative" and "search.trigger" not in user_keys:
-        data["search"].pop("trigger", None)  # the embedded default's trigger is BIPEFT's
+    if from_default and _component_name(data.get("search", {}).get("optimizer")) != default_optimizer:
+        # another optimizer than the default's: the default's components were chosen for its
+        # optimizer, so only those the user set stay
+        for kind in COMPONENT_KINDS[1:]:
+            if not any(key == f"search.{kind}" or key.startswith(f"search.{kind}.") for key in user_keys):
+                data["search"].pop(kind, None)
     return data
 
 
-def _pipeline(args: argparse.Namespace, plugins: Any) -> Any:
-    from bipeft_core.spec import Pipeline
+def _component_name(value: Any) -> str | None:
+    """The registered name of a spec's component value (a name or a table)."""
+    return value.get("name") if isinstance(value, dict) else value
 
-    return Pipeline.from_dict(build_spec(args), plugins=plugins, source=args.spec or "command line")
+
+def _pipeline(args: argparse.Namespace, plugins: Any) -> Any:
+    from bipeft_core.pipeline import Pipeline
+
+    return Pipeline.from_dict(build_spec(args, plugins=plugins), plugins=plugins,
+                              source=args.spec or "command line")
 
 
 def _default_out(pipeline: Any) -> Path:
@@ -197,13 +208,13 @@ def _summary_text(s: dict[str, Any]) -> str:
 def _apply_resume_flags(args: argparse.Namespace, run: Any, plugins: Any) -> None:
     """``--resume`` with spec flags: apply them when they change only stages
     not started yet, else refuse naming the flags (never ignore them)."""
-    from bipeft_core.spec import Pipeline
+    from bipeft_core.pipeline import Pipeline
 
     given = _given_flags(args)
     if not given:
         return
     old = run.pipeline.to_dict()
-    new_pipe = Pipeline.from_dict(build_spec(args, base=old), plugins=plugins, source=" ".join(given))
+    new_pipe = Pipeline.from_dict(build_spec(args, base=old, plugins=plugins), plugins=plugins, source=" ".join(given))
     new = new_pipe.to_dict()
     changed = [t for t in ("model", "budget", "space", "search", "retrain") if old.get(t) != new.get(t)]
     if not changed:
@@ -318,13 +329,8 @@ def _result_path(path: Path) -> Path:
 
 
 def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
-    from bipeft_core.report import (
-        STRUCTURE_TEXT,
-        PlotDependencyError,
-        load_result,
-        structure_table,
-        write_report,
-    )
+    from bipeft_core.plots import PlotDependencyError, write_report
+    from bipeft_core.report import STRUCTURE_TEXT, load_result, structure_table
 
     path = Path(args.result)
     result = load_result(_result_path(path))
@@ -364,7 +370,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     plugins = pipe.get_plugins()
     from bipeft_core.runner import default_model_path
 
-    model_path = check_model_path(pipe.model.name_or_path or default_model_path())
+    model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
     model = load_task_model(model_path, get_task(pipe.model.task, plugins))
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
@@ -373,10 +379,11 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     except Exception as exc:
         raise BipeftError(f"{weights} could not be read ({exc}); the file is corrupt: re-train with "
                           f"bipeft retrain {run.folder}") from None
-    fmt, why = (args.format, None) if args.format else choose_format(peft_model)
+    fmt, why = (args.format, None) if args.format else choose_format(peft_model, plugins)
     out = Path(args.out) if args.out else run.folder / f"export-{fmt}"
     try:
-        written = export(peft_model, out, format=fmt, base_model_name_or_path=model_path, overwrite=args.overwrite)
+        written = export(peft_model, out, format=fmt, base_model_name_or_path=model_path, overwrite=args.overwrite,
+                         plugins=plugins)
     except BipeftError as exc:
         raise BipeftError(_cli_words(str(exc))) from None
     chosen = "" if args.format else (" (the default: peft can hold this structure)" if why is None else
@@ -456,7 +463,7 @@ def _output_options(p: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bipeft_core import __version__
+    from bipeft_core._version import __version__
 
     parser = argparse.ArgumentParser(prog="bipeft", description="Budget-guided search for PEFT structures.")
     parser.add_argument("--version", action="version", version=f"bipeft {__version__}")

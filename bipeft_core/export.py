@@ -2,23 +2,30 @@
 
 Two formats (``docs/export.md`` describes them file by file):
 
-* ``"peft"``: Hugging Face ``peft``'s own LoRA layout (``adapter_config.json``
-  with a ``LoraConfig`` and ``adapter_model.safetensors``), loadable with
-  ``peft.PeftModel.from_pretrained(base_model, path)``. Only structures made
-  of LoRA modules alone can be written this way; each LoRA keeps its own rank
-  and scale through ``rank_pattern`` / ``alpha_pattern`` keys that are
-  anchored full module names, checked at export (with peft's own matching
-  rules) to select exactly their one module. The task head (classifier,
-  pooler, score) goes in ``modules_to_save``. bipeft also writes its
-  ``structure.json`` and ``export.json`` there (peft ignores them), so
-  :func:`load_peft` can rebuild bipeft's own model from the folder too.
+* ``"peft"``: Hugging Face ``peft``'s own adapter layout (``adapter_config.json``
+  and ``adapter_model.safetensors``), loadable with
+  ``peft.PeftModel.from_pretrained(base_model, path)``. This module knows no
+  module type: it asks each kept module's type for its native peft form
+  (:meth:`PeftModuleType.peft_export`, a :class:`~bipeft_core.types.PeftExport`)
+  and groups the records into one peft config. Only structures whose every
+  module has such a form can be written this way; a value that differs from
+  module to module (a rank, a scale) goes in the config's pattern fields,
+  under keys that are anchored full module names, checked at export (with
+  peft's own matching rules) to select exactly their one module. The task
+  head (classifier, pooler, score) goes in ``modules_to_save``. bipeft also
+  writes its ``structure.json`` and ``export.json`` there (peft ignores
+  them), so :func:`load_peft` can rebuild bipeft's own model from the folder
+  too.
 * ``"bipeft"``: bipeft's own format, for every structure: ``structure.json``
   (:meth:`Structure.save`), ``adapter.safetensors`` (the
   :meth:`PeftModel.trainable_state_dict`: module weights, task head, and the
   backbone for full fine-tuning) and ``export.json`` (format name and
   version, checksums, and which parts peft could not represent).
 
-:func:`load_peft` loads either back onto a fresh backbone.
+:func:`load_peft` loads either back onto a fresh backbone. Every function
+that needs the module types takes ``plugins`` (a
+:class:`~bipeft_core.plugins.Plugins` or its PEFT-module registry; default
+:func:`~bipeft_core.plugins.default_plugins`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ import torch
 from torch import nn
 
 from bipeft_core.errors import BipeftError, StructureError
-from bipeft_core.structure import PeftModel, Structure
+from bipeft_core.structure import PeftModel, Structure, StructureEntry
+from bipeft_core.types import PeftExport
 
 __all__ = ["FORMATS", "choose_format", "export", "export_bipeft", "export_peft", "load_peft", "peft_refusal"]
 
@@ -50,7 +58,6 @@ PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 _ALL_FILES = (EXPORT_FILE, STRUCTURE_FILE, ADAPTER_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
 
 _PEFT_PREFIX = "base_model.model."
-_LORA_TYPE = "lora"
 _FULL_PART = "full fine-tuning (backbone weights)"
 
 
@@ -69,7 +76,7 @@ def _import_peft() -> Any:
 
 
 def _version() -> str:
-    from bipeft_core import __version__
+    from bipeft_core._version import __version__
 
     return __version__
 
@@ -125,36 +132,52 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
                              "truncated, export again") from None
 
 
-def _unrepresentable(structure: Structure) -> list[str]:
-    """What a peft ``LoraConfig`` cannot hold, one item per module type (plus
-    full fine-tuning)."""
-    parts = sorted({e.spec.type for e in structure.entries if e.spec.type != _LORA_TYPE})
-    out = [f"{t} modules" for t in parts]
-    if structure.full:
-        out.insert(0, _FULL_PART)
-    return out
-
-
-def peft_refusal(structure: Structure) -> str | None:
-    """Why the peft format cannot hold ``structure`` (``None`` when it can,
-    as far as the module types go): what :func:`export` uses to choose a
-    format when none is given."""
-    unsupported = _unrepresentable(structure)
-    if unsupported:
-        return f"peft's LoraConfig cannot represent its {', '.join(unsupported)}"
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return "peft is not installed (pip install 'bipeft[peft]')"
-    return None
-
-
 def _registry_of(plugins: Any) -> Any:
     if plugins is None:
         from bipeft_core.plugins import default_plugins
 
         plugins = default_plugins()
     return getattr(plugins, "peft_modules", plugins)
+
+
+def _records(peft_model: PeftModel, registry: Any) -> list[tuple[StructureEntry, PeftExport | None]]:
+    """Each kept module's native peft form, as its type gives it (``None``:
+    the type has none), in the structure's order."""
+    out: list[tuple[StructureEntry, PeftExport | None]] = []
+    for e, mod in zip(peft_model.structure.entries, peft_model.peft):
+        record = registry.get(e.spec.type).peft_export(e.discrete_spec(), e.rank, mod, peft_model.model)
+        if record is not None and not isinstance(record, PeftExport):
+            raise StructureError(
+                f"module type {e.spec.type!r} returned a {type(record).__name__} from peft_export for "
+                f"{e.spec.id}; it must return a bipeft_core.types.PeftExport, or None when peft has no "
+                "native form of the type: fix the plugin"
+            )
+        out.append((e, record))
+    return out
+
+
+def _unrepresentable(peft_model: PeftModel, registry: Any) -> list[str]:
+    """What peft cannot hold: one item per module type without a native peft
+    form (plus full fine-tuning)."""
+    parts = sorted({e.spec.type for e, record in _records(peft_model, registry) if record is None})
+    out = [f"{t} modules" for t in parts]
+    if peft_model.structure.full:
+        out.insert(0, _FULL_PART)
+    return out
+
+
+def peft_refusal(peft_model: PeftModel, plugins: Any = None) -> str | None:
+    """Why the peft format cannot hold ``peft_model``'s structure (``None``
+    when it can, as far as its module types go): what :func:`export` uses to
+    choose a format when none is given."""
+    unsupported = _unrepresentable(_check_peft_model(peft_model), _registry_of(plugins))
+    if unsupported:
+        return f"peft cannot represent its {', '.join(unsupported)}"
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return "peft is not installed (pip install 'bipeft[peft]')"
+    return None
 
 
 def _check_peft_model(peft_model: Any) -> PeftModel:
@@ -204,7 +227,7 @@ def _pattern_matches(key: str, name: str) -> bool:
 
 
 def _is_target(config: Any, name: str) -> bool:
-    """peft's ``check_target_module_exists``: does ``config`` put a LoRA on ``name``?"""
+    """peft's ``check_target_module_exists``: does ``config`` wrap ``name``?"""
     try:
         from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
     except ImportError:  # pragma: no cover - peft moved it; use its documented rule
@@ -215,54 +238,122 @@ def _is_target(config: Any, name: str) -> bool:
     return bool(found) and not isinstance(found, _ExcludedModule)
 
 
-def _number(x: float) -> int | float:
-    return int(round(x)) if abs(x - round(x)) < 1e-12 else float(x)
+def _config_class(peft: Any, peft_type: str, owner: str) -> Any:
+    """peft's config class for the tuner type ``peft_type`` (asked for by
+    module type ``owner``)."""
+    try:
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as by_type
+    except ImportError:  # pragma: no cover - peft moved it
+        by_type = getattr(peft, "PEFT_TYPE_TO_CONFIG_MAPPING", {})
+    member = getattr(peft.PeftType, peft_type, None)
+    cls = by_type.get(member) if member is not None else None
+    if cls is None:
+        raise StructureError(
+            f"module type {owner!r} asks for peft tuner type {peft_type!r}, which peft "
+            f"{getattr(peft, '__version__', '?')} does not have; upgrade peft, or export with format='bipeft'"
+        )
+    return cls
 
 
-def _lora_config(peft: Any, peft_model: PeftModel, base_model_name_or_path: str | None) -> tuple[Any, list[str]]:
-    """The ``LoraConfig`` for ``peft_model``'s LoRA modules, checked against
-    the model's module names with peft's matching rules."""
-    model = peft_model.model
-    wanted: dict[str, tuple[int, int | float, str]] = {}  # module name -> (rank, alpha, fan_in_fan_out class)
-    for e, mod in zip(peft_model.structure.entries, peft_model.peft):
-        target = e.spec.site("target")
-        if target in wanted:
-            raise StructureError(f"two LoRA modules on {target!r}; peft holds one LoRA per module, "
-                                 "export with format='bipeft'")
-        rank = int(mod.lora_A.shape[0])
-        scale = float(getattr(mod, "scale", 1.0))
-        wanted[target] = (rank, _number(scale * rank), type(model.get_submodule(target)).__name__)
+def _wanted(records: Sequence[tuple[StructureEntry, PeftExport | None]]) -> dict[str, PeftExport]:
+    """The records by target, checked to fit one peft config: one module per
+    target, one tuner type, the same config fields."""
+    wanted: dict[str, PeftExport] = {}
+    owner: dict[str, StructureEntry] = {}
+    for e, record in records:
+        if record is None:  # the callers refuse such structures first; a guard, not a path
+            raise StructureError(f"{e.spec.id} has no native peft form; export with format='bipeft'")
+        if record.target in wanted:
+            raise StructureError(f"two modules on {record.target!r} ({owner[record.target].spec.id} and "
+                                 f"{e.spec.id}); a peft adapter holds one module per layer, export with "
+                                 "format='bipeft'")
+        wanted[record.target] = record
+        owner[record.target] = e
     if not wanted:
-        raise StructureError("the structure has no LoRA module; a peft LoraConfig needs at least one, "
-                             "export with format='bipeft'")
-    # Defaults: the most common rank, and the most common alpha at that rank;
-    # the others go in the patterns.
-    r = Counter(v[0] for v in wanted.values()).most_common(1)[0][0]
-    alpha = Counter(v[1] for v in wanted.values() if v[0] == r).most_common(1)[0][0]
-    rank_pattern = {_anchored(n): v[0] for n, v in wanted.items() if v[0] != r}
-    alpha_pattern = {_anchored(n): v[1] for n, v in wanted.items() if v[1] != alpha}
+        raise StructureError("the structure has no module; a peft adapter needs at least one, export with "
+                             "format='bipeft'")
+    first_target, first = next(iter(wanted.items()))
+    for target, record in wanted.items():
+        if record.peft_type != first.peft_type:
+            raise StructureError(
+                f"the structure's modules need two peft tuner types ({first.peft_type} for "
+                f"{owner[first_target].spec.id}, {record.peft_type} for {owner[target].spec.id}); one peft "
+                "adapter has one, export with format='bipeft'"
+            )
+        if list(record.config) != list(first.config) or record.patterns != first.patterns:
+            raise StructureError(
+                f"the peft {first.peft_type} fields of {owner[target].spec.id} ({list(record.config)}, "
+                f"patterns {record.patterns}) differ from those of {owner[first_target].spec.id} "
+                f"({list(first.config)}, patterns {first.patterns}); one peft config cannot describe both, "
+                "export with format='bipeft'"
+            )
+    return wanted
+
+
+def _config_values(wanted: Mapping[str, PeftExport]) -> dict[str, Any]:
+    """The peft config's fields from the records (see
+    :attr:`PeftExport.patterns`): for each field with a pattern, in order, the
+    most common value among the modules that take every earlier default, and
+    each other value in the pattern under the module's anchored name; every
+    other field must be equal in all records."""
+    records = list(wanted.values())
+    first = records[0]
+    values: dict[str, Any] = {}
+    pool = records
+    for field in first.patterns:
+        values[field] = Counter(r.config[field] for r in pool).most_common(1)[0][0]
+        pool = [r for r in pool if r.config[field] == values[field]]
+    for field, pattern in first.patterns.items():
+        values[pattern] = {_anchored(t): r.config[field] for t, r in wanted.items()
+                           if r.config[field] != values[field]}
+    for field, value in first.config.items():
+        if field in first.patterns:
+            continue
+        other = next((r for r in records if r.config[field] != value), None)
+        if other is not None:
+            raise StructureError(
+                f"the modules' peft {first.peft_type} field {field!r} differs ({value!r} on {first.target!r}, "
+                f"{other.config[field]!r} on {other.target!r}); one peft config cannot describe both, "
+                "export with format='bipeft'"
+            )
+        values[field] = value
+    return values
+
+
+def _peft_config(peft: Any, peft_model: PeftModel, registry: Any,
+                 base_model_name_or_path: str | None) -> tuple[Any, list[str], list[tuple[int, PeftExport]]]:
+    """The peft config for ``peft_model``'s modules (each with a native peft
+    form), checked against the model's module names with peft's matching
+    rules; with the task-head modules, and each module's record by its
+    number in the structure."""
+    records = _records(peft_model, registry)
+    wanted = _wanted(records)
+    first = next(iter(wanted.values()))
+    owner = next(e.spec.type for e, r in records if r is first)
+    cls = _config_class(peft, first.peft_type, owner)
+    model = peft_model.model
     heads = _head_modules(model, peft_model.head_names)
-    fan_in_fan_out = any(v[2] == "Conv1D" for v in wanted.values())
-    if fan_in_fan_out and not all(v[2] == "Conv1D" for v in wanted.values()):
-        raise StructureError("the LoRA targets mix Conv1D and Linear layers; one peft LoraConfig cannot "
-                             "describe both, export with format='bipeft'")
-    config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=sorted(wanted),
-        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, modules_to_save=heads or None,
-        fan_in_fan_out=fan_in_fan_out, base_model_name_or_path=base_model_name_or_path,
-    )
+    values = _config_values(wanted)
+    try:
+        config = cls(**values, target_modules=sorted(wanted), modules_to_save=heads or None,
+                     base_model_name_or_path=base_model_name_or_path)
+    except TypeError as exc:
+        raise StructureError(f"peft's {cls.__name__} does not take the fields that module type {owner!r} "
+                             f"gives ({exc}); fix the plugin's peft_export, or export with format='bipeft'"
+                             ) from None
     _verify_config(config, model, wanted, heads)
-    return config, heads
+    return config, heads, [(i, r) for i, (_, r) in enumerate(records) if r is not None]
 
 
-def _verify_config(config: Any, model: nn.Module, wanted: Mapping[str, tuple[int, Any, str]],
+def _verify_config(config: Any, model: nn.Module, wanted: Mapping[str, PeftExport],
                    heads: Sequence[str]) -> None:
     """Every pattern key selects exactly its module, the targets are exactly
-    the LoRA sites, and each resolves to its rank and alpha, as peft will
-    resolve them."""
+    the modules' targets, and each target resolves to its own values, as peft
+    will resolve them."""
     names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
-    for patterns in (config.rank_pattern, config.alpha_pattern):
-        for key in patterns:
+    patterns = next(iter(wanted.values())).patterns if wanted else {}
+    for pattern in patterns.values():
+        for key in getattr(config, pattern) or {}:
             hits = [n for n in names if _pattern_matches(key, n)]
             if len(hits) != 1 or _anchored(hits[0]) != key:
                 raise StructureError(f"peft pattern key {key!r} matches {hits[:5]}, not exactly one module; "
@@ -270,14 +361,16 @@ def _verify_config(config: Any, model: nn.Module, wanted: Mapping[str, tuple[int
     targets = sorted(n for n in names if _is_target(config, n))
     if targets != sorted(wanted):
         extra, lost = sorted(set(targets) - set(wanted)), sorted(set(wanted) - set(targets))
-        raise StructureError(f"the peft config would put LoRA on {extra[:5]} and miss {lost[:5]}; "
+        raise StructureError(f"the peft config would also wrap {extra[:5]} and miss {lost[:5]}; "
                              "export with format='bipeft'")
-    for name, (rank, alpha, _) in wanted.items():
-        r_key = next((k for k in config.rank_pattern if _pattern_matches(k, name)), None)
-        a_key = next((k for k in config.alpha_pattern if _pattern_matches(k, name)), None)
-        got = (config.rank_pattern.get(r_key, config.r), config.alpha_pattern.get(a_key, config.lora_alpha))
-        if got != (rank, alpha):
-            raise StructureError(f"the peft config gives {name!r} rank/alpha {got}, not {(rank, alpha)}")
+    for name, record in wanted.items():
+        for field, pattern in record.patterns.items():
+            table = getattr(config, pattern) or {}
+            key = next((k for k in table if _pattern_matches(k, name)), None)
+            got = table[key] if key is not None else getattr(config, field)
+            if got != record.config[field]:
+                raise StructureError(f"the peft config gives {name!r} {field}={got!r}, not "
+                                     f"{record.config[field]!r}; export with format='bipeft'")
     for head in heads:
         # peft wraps every module whose name ends with a modules_to_save entry.
         hits = [n for n in names if n.endswith(head)]
@@ -286,12 +379,19 @@ def _verify_config(config: Any, model: nn.Module, wanted: Mapping[str, tuple[int
                                  "the task head; export with format='bipeft'")
 
 
-def _peft_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+def _peft_state(peft_model: PeftModel, records: Sequence[tuple[int, PeftExport]]) -> dict[str, torch.Tensor]:
+    """The weights in peft's key layout: each record's weights under
+    ``base_model.model.<target>.<peft name>``, then the task head."""
     out: dict[str, torch.Tensor] = {}
-    for e, mod in zip(peft_model.structure.entries, peft_model.peft):
-        target = e.spec.site("target")
-        out[f"{_PEFT_PREFIX}{target}.lora_A.weight"] = mod.lora_A.detach()
-        out[f"{_PEFT_PREFIX}{target}.lora_B.weight"] = mod.lora_B.detach()
+    for i, record in records:
+        own = peft_model.peft[i].state_dict()
+        for peft_name, key in record.weights.items():
+            if key not in own:
+                raise StructureError(
+                    f"module type {peft_model.structure.entries[i].spec.type!r} names weight {key!r} in its "
+                    f"peft export, but its module has only {sorted(own)[:5]}; fix the plugin's peft_export"
+                )
+            out[f"{_PEFT_PREFIX}{record.target}.{peft_name}"] = own[key].detach()
     params = dict(peft_model.model.named_parameters())
     for n in peft_model.head_names:
         out[f"{_PEFT_PREFIX}{n}"] = params[n].detach()
@@ -299,30 +399,35 @@ def _peft_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
 
 
 def export_peft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
-                overwrite: bool = False) -> Path:
-    """Write ``peft_model`` as a Hugging Face ``peft`` LoRA adapter.
+                overwrite: bool = False, plugins: Any = None) -> Path:
+    """Write ``peft_model`` as a Hugging Face ``peft`` adapter.
 
-    Only for structures made of LoRA modules alone (else a
+    Only for structures whose every module has a native peft form (its
+    type's :meth:`~bipeft_core.interfaces.PeftModuleType.peft_export`; else a
     :class:`StructureError` names the other module types). Writes
     ``adapter_config.json``, ``adapter_model.safetensors``, and bipeft's
     ``structure.json`` and ``export.json``. Load with
     ``peft.PeftModel.from_pretrained(base_model, path)`` (``base_model`` the
     same architecture and backbone weights) or with :func:`load_peft`.
+    ``plugins``: where the module types come from (default
+    :func:`~bipeft_core.plugins.default_plugins`).
     """
     peft_model = _check_peft_model(peft_model)
     structure = peft_model.structure
-    unsupported = _unrepresentable(structure)
+    registry = _registry_of(plugins)
+    unsupported = _unrepresentable(peft_model, registry)
     if unsupported:
         raise StructureError(
-            f"peft's LoraConfig cannot represent this structure's {', '.join(unsupported)}; only structures "
-            "made of LoRA modules alone export to peft. Export with format='bipeft' and load it with "
+            f"peft cannot represent this structure's {', '.join(unsupported)}; only structures made of "
+            "modules with a native peft form export to peft. Export with format='bipeft' and load it with "
             "bipeft_core.load_peft(model, path)"
         )
     peft = _import_peft()
-    config, heads = _lora_config(peft, peft_model, base_model_name_or_path)
+    config, heads, records = _peft_config(peft, peft_model, registry, base_model_name_or_path)
+    state = _peft_state(peft_model, records)  # before the folder: a plugin's wrong weight name writes nothing
     path = _prepare_folder(path, overwrite)
     config.save_pretrained(str(path))
-    _save_tensors(_peft_state(peft_model), path / PEFT_WEIGHTS_FILE, {"format": "pt"})
+    _save_tensors(state, path / PEFT_WEIGHTS_FILE, {"format": "pt"})
     structure.save(path / STRUCTURE_FILE)
     _write_export_json(path, "peft", peft_model, [], weights=PEFT_WEIGHTS_FILE,
                        base_model_name_or_path=base_model_name_or_path,
@@ -356,43 +461,46 @@ def _write_export_json(path: Path, fmt: str, peft_model: PeftModel, unsupported:
 
 
 def export_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, plugins: Any = None) -> Path:
     """Write ``peft_model`` in bipeft's own format (any structure):
     ``structure.json``, ``adapter.safetensors`` (module weights ``peft.<i>.*``,
     task head ``head.<name>``, backbone ``backbone.<name>`` for full
-    fine-tuning) and ``export.json``. Load with :func:`load_peft`."""
+    fine-tuning) and ``export.json`` (whose ``peft_cannot_represent`` asks the
+    module types of ``plugins``). Load with :func:`load_peft`."""
     peft_model = _check_peft_model(peft_model)
+    unsupported = _unrepresentable(peft_model, _registry_of(plugins))
     path = _prepare_folder(path, overwrite)
     peft_model.structure.save(path / STRUCTURE_FILE)
     _save_tensors(peft_model.trainable_state_dict(), path / ADAPTER_FILE,
                   {"format": "pt", "bipeft_format": "bipeft", "bipeft_version": _version()})
-    _write_export_json(path, "bipeft", peft_model, _unrepresentable(peft_model.structure), weights=ADAPTER_FILE,
+    _write_export_json(path, "bipeft", peft_model, unsupported, weights=ADAPTER_FILE,
                        base_model_name_or_path=base_model_name_or_path)
     return path
 
 
 def export(peft_model: PeftModel, path: str | Path, format: str = "peft", *,
-           base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+           base_model_name_or_path: str | None = None, overwrite: bool = False, plugins: Any = None) -> Path:
     """Export in ``format`` (``"peft"`` or ``"bipeft"``); see
     :func:`export_peft` and :func:`export_bipeft`."""
     fmt = str(format).lower()
     if fmt == "peft":
-        return export_peft(peft_model, path, base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
+        return export_peft(peft_model, path, base_model_name_or_path=base_model_name_or_path, overwrite=overwrite,
+                           plugins=plugins)
     if fmt == "bipeft":
         return export_bipeft(peft_model, path, base_model_name_or_path=base_model_name_or_path,
-                             overwrite=overwrite)
+                             overwrite=overwrite, plugins=plugins)
     raise BipeftError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
 
 
-def choose_format(peft_model: PeftModel) -> tuple[str, str | None]:
+def choose_format(peft_model: PeftModel, plugins: Any = None) -> tuple[str, str | None]:
     """The format an export without a named one uses: ``("peft", None)``
     when peft can hold the structure, else ``("bipeft", why not peft)``."""
-    structure = _check_peft_model(peft_model).structure
-    why = peft_refusal(structure)
+    registry = _registry_of(plugins)
+    why = peft_refusal(peft_model, registry)
     if why is None:
         peft = _import_peft()
         try:
-            _lora_config(peft, peft_model, None)
+            _peft_config(peft, peft_model, registry, None)
         except StructureError as exc:
             why = str(exc)
     return ("peft", None) if why is None else ("bipeft", why)
@@ -427,20 +535,20 @@ def _read_export_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _from_peft_layout(state: Mapping[str, torch.Tensor], pm: PeftModel) -> dict[str, torch.Tensor]:
-    """peft's key layout back to :meth:`PeftModel.trainable_state_dict`'s."""
+def _from_peft_layout(state: Mapping[str, torch.Tensor], pm: PeftModel, registry: Any) -> dict[str, torch.Tensor]:
+    """peft's key layout back to :meth:`PeftModel.trainable_state_dict`'s,
+    through each module type's :class:`~bipeft_core.types.PeftExport` names."""
     state = dict(state)
     out: dict[str, torch.Tensor] = {}
-    for i, e in enumerate(pm.structure.entries):
-        if e.spec.type != _LORA_TYPE:
-            raise StructureError(f"a peft-format export holds only LoRA modules, but its structure.json has "
-                                 f"{e.spec.id}; the folder was edited or is corrupt")
-        target = e.spec.site("target")
-        for part in ("lora_A", "lora_B"):
-            key = f"{_PEFT_PREFIX}{target}.{part}.weight"
+    for i, (e, record) in enumerate(_records(pm, registry)):
+        if record is None:
+            raise StructureError(f"a peft-format export holds only modules with a native peft form, but its "
+                                 f"structure.json has {e.spec.id}; the folder was edited or is corrupt")
+        for peft_name, own in record.weights.items():
+            key = f"{_PEFT_PREFIX}{record.target}.{peft_name}"
             if key not in state:
                 raise StructureError(f"the peft weights lack {key!r}; the folder was edited or is corrupt")
-            out[f"peft.{i}.{part}"] = state.pop(key)
+            out[f"peft.{i}.{own}"] = state.pop(key)
     for n in pm.head_names:
         key = f"{_PEFT_PREFIX}{n}"
         if key in state:
@@ -495,7 +603,7 @@ def load_peft(model: nn.Module, path: str | Path, plugins: Any = None) -> PeftMo
     pm = structure.build(model, registry)
     try:
         if info["format"] == "peft":
-            state = _from_peft_layout(state, pm)
+            state = _from_peft_layout(state, pm, registry)
         _check_state(state, pm, weights)
         pm.load_trainable_state_dict(state)
     except BaseException:

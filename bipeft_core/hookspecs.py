@@ -64,6 +64,24 @@ def bipeft_register_tasks(registry: Any) -> None:
     when plugins are loaded."""
 
 
+@hookspec(firstresult=True)
+def bipeft_default_spec() -> dict[str, Any] | None:
+    """The pipeline spec (its dict form, without ``model.task``) that a run
+    starts from when the user gives a task and no spec: model, budget, space,
+    search components and training recipe. The first plugin that returns a
+    dict wins (plugins given to ``load_plugins`` are asked before the
+    built-ins, so a plugin can replace the built-in default). Called each time
+    the default is needed; return a fresh dict."""
+
+
+@hookspec(firstresult=True)
+def bipeft_default_model() -> str | None:
+    """The model (a local folder or a hub id) a run uses when its spec names
+    none. The first plugin that returns a value wins; a plugin whose default
+    is not available raises a :class:`bipeft_core.BipeftError` that says how
+    to get it. Called each time the default is needed."""
+
+
 # -- events ------------------------------------------------------------------------
 
 

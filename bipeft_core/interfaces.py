@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from bipeft_core.state import SearchContext, SearchResult, SearchState
     from bipeft_core.targets import TargetMap
-    from bipeft_core.types import ModuleSpec, Shape, Site
+    from bipeft_core.types import ModuleSpec, PeftExport, Shape, Site
 
 __all__ = [
     "DimensionSelector",
@@ -99,6 +99,24 @@ class PeftModuleType(ABC):
     def discrete(self, spec: ModuleSpec, model: nn.Module, rank: int | None) -> nn.Module:
         """The plain form at one rank, without gates, for re-training and
         export. Called once per kept module when a structure is built."""
+
+    def peft_export(self, spec: ModuleSpec, rank: int | None, module: nn.Module,
+                    model: nn.Module) -> PeftExport | None:
+        """How the kept ``module`` is written in Hugging Face peft's own
+        adapter format, or ``None`` (the default): peft has no native form of
+        this type, so a structure that keeps such a module exports in bipeft's
+        own format only (``bipeft export`` says which module types stopped it).
+
+        ``module`` is what :meth:`discrete` built from ``spec`` at ``rank``,
+        attached to ``model`` (the backbone, for facts about the target layer
+        such as its class). Called once per kept module when a structure is
+        exported, when its export format is chosen, and when a peft-format
+        export is loaded back. Pure: it reads the module and the model and
+        changes neither. The record must be exact: peft, loading it, must
+        compute what ``module`` computes (see
+        :class:`~bipeft_core.types.PeftExport` for what each field holds).
+        """
+        return None
 
 
 class SearchSpace(ABC):

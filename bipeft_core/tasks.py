@@ -1,11 +1,17 @@
-"""Tasks: datasets with their fields, labels, splits and metric, and the
-helpers that turn a task into batches, losses and scores for a model.
+"""Tasks: the task contract and the engine that turns a task into batches,
+losses and scores for a model. No concrete task lives here.
 
-A :class:`Task` says how to read one dataset (GLUE TSV, SuperGLUE JSONL, or
-the Hugging Face hub), how to split it (the S3Delta protocol, ALGORITHM.md
-§8) and how to score predictions. Tasks are plugins: the built-in GLUE and
-SuperGLUE tasks are registered by ``bipeft_plugins.tasks`` through the
-``bipeft_register_tasks`` hook, under names such as ``glue/rte``.
+A :class:`Task` says where one dataset's files are and how to read them
+(:meth:`Task.read_split`, written by the task's plugin for its file format,
+with the generic readers :func:`read_tsv` and :func:`read_jsonl`), which
+fields and labels it has, how to split it (the S3Delta protocol,
+:func:`s3delta_split`; docs/tasks.md) and which ``evaluate`` metric module
+scores it. Tasks are plugins: a package registers instances through the
+``bipeft_register_tasks`` hook under registry keys such as
+``<benchmark>/<name>``, each with the short names it answers to
+(:attr:`Task.aliases`); :func:`resolve_task_name` and :func:`get_task` look
+names up through that registry. The built-in tasks and their file layouts
+live in the task plugin (``bipeft_plugins.tasks``; docs/tasks.md).
 
 :func:`prepare_task` binds a task to a tokenizer and a model of one of three
 families (:func:`model_family`): ``encoder`` (BERT, RoBERTa, MiniLM with a
@@ -14,11 +20,6 @@ classification over label words) and ``decoder`` (GPT-2, Llama with a
 sequence-classification head). The :class:`PreparedTask` it returns
 tokenizes the splits and provides ``collate``, ``loss``, ``predict`` and
 ``evaluate``.
-
->>> resolve_task_name("STS-B")
-'glue/stsb'
->>> resolve_task_name("superglue/rte")
-'superglue/rte'
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import difflib
+import io
 import json
 import logging
 import math
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from bipeft_core.errors import DataError, SpecError, UnknownNameError
+from bipeft_core.errors import DataError, SpecError, UnknownNameError, read_text_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -46,9 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DATA_DIR_ENV",
-    "DATA_LAYOUT",
-    "GLUE_TASKS",
-    "SUPERGLUE_TASKS",
     "PreparedTask",
     "Task",
     "build_task_model",
@@ -69,26 +68,6 @@ logger = logging.getLogger("bipeft.tasks")
 #: The environment variable naming the local data folder.
 DATA_DIR_ENV = "BIPEFT_DATA_DIR"
 
-#: The data-folder layout the loaders expect (shown in every DataError).
-DATA_LAYOUT = """\
-<data_dir>/glue/<TASK>/train.tsv and dev.tsv (MNLI: dev_matched.tsv), GLUE TSV files
-    with a header row (CoLA: none), tab-separated, no quoting;
-<data_dir>/superglue/<TASK>/train.jsonl and val.jsonl, SuperGLUE JSON Lines;
-<TASK> is the folder name of the official downloads: CoLA, SST-2, MRPC, QQP, STS-B,
-MNLI, QNLI, RTE; BoolQ, CB, COPA, MultiRC, ReCoRD, RTE, WiC."""
-
-#: GLUE task names, in the order of the GLUE paper (registry keys ``glue/<name>``).
-GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
-#: SuperGLUE task names (registry keys ``superglue/<name>``).
-SUPERGLUE_TASKS: tuple[str, ...] = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic")
-
-_BENCHMARK_ALIASES = {
-    "glue": "glue",
-    "superglue": "superglue",
-    "super_glue": "superglue",
-    "super-glue": "superglue",
-}
-
 TaskKind = Literal["classification", "regression", "choice"]
 Family = Literal["encoder", "seq2seq", "decoder"]
 
@@ -99,50 +78,76 @@ _MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # -- names -----------------------------------------------------------------------------
 
 
-def _squash(task_part: str) -> str:
-    return task_part.replace("-", "").replace("_", "").replace(" ", "")
+def _squash(text: str) -> str:
+    """``text`` without ``-``, ``_`` and spaces: the form in which task names,
+    aliases and task folder names are compared."""
+    return text.replace("-", "").replace("_", "").replace(" ", "")
+
+
+def _task_table(registry: Any) -> dict[str, Any]:
+    """Registry key -> task for what :func:`resolve_task_name` accepts as a
+    registry (the task objects are ``None`` where only names are given)."""
+    if registry is None:
+        from bipeft_core.plugins import default_plugins
+
+        registry = default_plugins().tasks
+    registry = getattr(registry, "tasks", registry)  # the Plugins object
+    getter = getattr(registry, "get", None)
+    if callable(getter):  # a Registry, or a mapping of names to tasks
+        return {key: getter(key) for key in registry}
+    return dict.fromkeys(registry)
 
 
 def resolve_task_name(name: str, registry: Iterable[str] | None = None) -> str:
     """The registry key for a user's spelling of a task name.
 
-    ``rte`` → ``glue/rte``; ``sts-b``, ``STS-B``, ``stsb`` → ``glue/stsb``;
-    ``sst-2`` → ``glue/sst2``; ``super_glue/RTE`` → ``superglue/rte``; a bare
-    SuperGLUE-only name (``boolq``) → ``superglue/boolq``. A bare name that is
-    in both benchmarks is the GLUE one (``rte``).
+    A name matches a registry key, or one of the :attr:`Task.aliases` a task
+    declares, ignoring case, spaces, ``-`` and ``_``; registry keys win over
+    aliases. The task plugin decides the short names: a short name that two
+    tasks could claim is declared by the one it should mean.
 
-    ``registry`` (a :class:`bipeft_core.Registry` of tasks, or any iterable
-    of registry keys) lets third-party task names through and checks the
-    result; without it the built-in GLUE and SuperGLUE names are known.
-    Raises :class:`UnknownNameError` with the known names for anything else.
+    ``registry`` is the task registry (``load_plugins().tasks``), the
+    :class:`bipeft_core.plugins.Plugins` object, a mapping of registry keys to
+    tasks, or any iterable of registry keys (which knows no aliases); without
+    it the tasks of the default plugins (:func:`bipeft_core.default_plugins`)
+    are known. Raises :class:`UnknownNameError` with the known names for
+    anything else, and for a name that matches two tasks.
     """
     if not isinstance(name, str) or not name.strip():
-        raise UnknownNameError(f"a task name is a non-empty string such as 'glue/rte', got {name!r}")
-    known = (
-        set(registry)
-        if registry is not None
-        else {f"glue/{t}" for t in GLUE_TASKS} | {f"superglue/{t}" for t in SUPERGLUE_TASKS}
-    )
+        raise UnknownNameError(
+            f"a task name is a non-empty string such as '<benchmark>/<task>', got {name!r}"
+        )
+    table = _task_table(registry)
     key = name.strip().lower()
-    if key in known:
+    if key in table:
         return key
-    candidates: list[str] = []
-    if "/" in key:
-        bench, _, task = key.partition("/")
-        bench = _BENCHMARK_ALIASES.get(bench, bench)
-        candidates = [f"{bench}/{task}", f"{bench}/{_squash(task)}"]
-    else:
-        candidates = [f"glue/{_squash(key)}", f"superglue/{_squash(key)}"]
-    for cand in candidates:
-        if cand in known:
-            return cand
-    close = [m for cand in candidates for m in difflib.get_close_matches(cand, sorted(known), n=1)]
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    wanted = _squash(key)
+    by_key = sorted(k for k in table if _squash(k.lower()) == wanted)
+    by_alias = sorted(k for k, task in table.items() if wanted in _squashed_aliases(task))
+    for found in (by_key, by_alias):
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise UnknownNameError(
+                f"task name {name!r} is ambiguous: it matches {', '.join(found)}; write one of these in full"
+            )
+    spellings: dict[str, str] = {}
+    for k, task in table.items():
+        spellings.setdefault(_squash(k.lower()), k)
+        for alias in _squashed_aliases(task):
+            spellings.setdefault(alias, k)
+    close = difflib.get_close_matches(wanted, list(spellings), n=1)
+    hint = f" Did you mean {spellings[close[0]]!r}?" if close else ""
     raise UnknownNameError(
-        f"unknown task {name!r}. Known tasks: {', '.join(sorted(known))}.{hint} "
-        "Write 'glue/<task>' or 'superglue/<task>'; a task from another package needs "
-        "its plugin installed"
+        f"unknown task {name!r}. Known tasks: {', '.join(sorted(table))}.{hint} "
+        "Write a registry name ('<benchmark>/<task>') or a short name a task declares; "
+        "a task from another package needs its plugin installed"
     )
+
+
+def _squashed_aliases(task: Any) -> set[str]:
+    aliases = task.aliases if isinstance(task, Task) else ()
+    return {_squash(a.strip().lower()) for a in aliases}
 
 
 def get_task(name: str, registry: Any) -> Task:
@@ -156,10 +161,12 @@ def get_task(name: str, registry: Any) -> Task:
 # -- files -----------------------------------------------------------------------------
 
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None, *, layout: str = "") -> Path | None:
     """The local data folder: ``data_dir`` if given, else the
     ``BIPEFT_DATA_DIR`` environment variable, else ``None`` (load from the
-    Hugging Face hub). A folder that does not exist is a :class:`DataError`."""
+    Hugging Face hub). A folder that does not exist is a :class:`DataError`;
+    ``layout`` (the folder's expected layout, see :attr:`Task.data_layout`)
+    is shown in it."""
     if data_dir is not None:
         source = "data_dir"
         path = Path(data_dir).expanduser()
@@ -170,12 +177,22 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
         source = f"the environment variable {DATA_DIR_ENV}"
         path = Path(env).expanduser()
     if not path.is_dir():
+        point = f"Point it at a folder laid out as:\n{layout}\nor" if layout else "Point it at a folder, or"
         raise DataError(
             f"data folder {str(path)!r} (from {source}) does not exist or is not a folder. "
-            f"Point it at a folder laid out as:\n{DATA_LAYOUT}\n"
-            f"or unset it to download from the Hugging Face hub"
+            f"{point} unset it to download from the Hugging Face hub"
         )
     return path
+
+
+def _read_data_file(path: Path, expected: str) -> str:
+    """The text of the data file ``path`` without a leading UTF-8 BOM; a
+    :class:`DataError` ending with ``expected`` (the format, for the reader)
+    if it is missing, not UTF-8 or unreadable."""
+    if not path.is_file():
+        raise DataError(f"missing file {str(path)!r}. {expected}".strip())
+    text = read_text_file(path, what="data file", error=DataError, fix=expected)
+    return text.removeprefix("\ufeff")
 
 
 def read_tsv(
@@ -186,24 +203,19 @@ def read_tsv(
     n_columns: int | None = None,
     expected: str = "",
 ) -> list[dict[str, str]] | list[list[str]]:
-    """Rows of a GLUE-style TSV file, split on tabs with no quote handling
-    (``csv.QUOTE_NONE``; GLUE text contains stray ``"``). A leading UTF-8 BOM
-    is dropped.
+    """Rows of a tab-separated file, split on tabs with no quote handling
+    (``csv.QUOTE_NONE``: corpora hold stray ``"`` in their text). A leading
+    UTF-8 BOM is dropped.
 
     With ``header=True`` each row is a dict keyed by the header; ``columns``
     that the header lacks raise :class:`DataError`, and rows with fewer
-    fields than the header are skipped (as the GLUE loaders of ``datasets``
-    do). With ``header=False`` each row is a list of at least ``n_columns``
-    fields. ``expected`` describes the format for error messages.
+    fields than the header are skipped with a warning (as the ``datasets``
+    loaders of such files do). With ``header=False`` each row is a list of
+    at least ``n_columns`` fields. ``expected`` describes the format for
+    error messages.
     """
-    if not path.is_file():
-        raise DataError(f"missing file {str(path)!r}. {expected}".strip())
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise _not_utf8(path, expected) from None
+    text = _read_data_file(path, expected)
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not header:
         need = n_columns or 1
         out_lists: list[list[str]] = []
@@ -240,32 +252,14 @@ def read_tsv(
     return out
 
 
-def _not_utf8(path: Path, expected: str = "") -> DataError:
-    """A :class:`DataError` naming the line and byte at which ``path`` stops being UTF-8."""
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8-sig")
-        where = ""
-    except UnicodeDecodeError as exc:
-        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw[:start].count(b"\n") + 1
-        where = f" (line {line}, byte {start}: {raw[start:start + 1]!r})"
-    return DataError(f"{str(path)!r} is not UTF-8 text{where}; convert it to UTF-8, e.g. "
-                     f"iconv -f latin1 -t utf-8. {expected}".strip())
-
-
 def read_jsonl(path: Path, *, keys: Sequence[str] = (), expected: str = "") -> list[dict[str, Any]]:
-    """Objects of a JSON Lines file; every object must have ``keys``
-    (:class:`DataError` naming the file, the line and the missing key)."""
-    if not path.is_file():
-        raise DataError(f"missing file {str(path)!r}. {expected}".strip())
+    """Objects of a JSON Lines file (a leading UTF-8 BOM is dropped); every
+    object must have ``keys`` (:class:`DataError` naming the file, the line
+    and the missing key). ``expected`` describes the format for error
+    messages."""
+    text = _read_data_file(path, expected)
     out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = list(f)
-    except UnicodeDecodeError:
-        raise _not_utf8(path, expected) from None
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -296,14 +290,14 @@ def s3delta_split(
     holdout_size: int = 2000,
     group_key: str | None = None,
 ) -> tuple[list[Any], list[Any], list[Any]]:
-    """The S3Delta splits (ALGORITHM.md §8): ``(train, validation, test)``.
+    """The S3Delta splits (docs/tasks.md, "Splits"): ``(train, validation, test)``.
 
     ``halve``: ``random.Random(seed).shuffle`` of the original validation rows
     in file order; the first half (rounded down) is validation, the rest test;
     the training rows are kept as they are. With ``group_key`` the groups
-    (e.g. MultiRC paragraphs, in order of first appearance) are shuffled and
-    halved instead, so no group sits in both halves; rows keep their file
-    order within a group.
+    (e.g. the questions of one paragraph, in order of first appearance) are
+    shuffled and halved instead, so no group sits in both halves; rows keep
+    their file order within a group.
 
     ``holdout``: the training row indices ``0..n-1`` are shuffled with
     ``random.Random(seed)``; the first ``holdout_size`` become validation (in
@@ -360,63 +354,89 @@ def cap_rows(rows: Sequence[Any], max_examples: int | None, *, seed: int) -> lis
 # -- the task --------------------------------------------------------------------------
 
 
-def _default_files() -> dict[str, str]:
-    return {"train": "train.tsv", "validation": "dev.tsv"}
-
-
 def _default_hub_splits() -> dict[str, str]:
     return {"train": "train", "validation": "validation"}
 
 
 @attrs.frozen(kw_only=True)
 class Task:
-    """One dataset: where its files are, its fields, labels, split protocol,
-    metric and input formats.
+    """The task contract: one dataset, where its files are, its fields,
+    labels, split protocol, metric and input formats. Every attribute the
+    engine reads is declared here; ``name``, ``benchmark``, ``folder``,
+    ``files`` and ``primary_metric`` have no default.
 
     Subclasses implement :meth:`read_split` for their file format (the
     built-ins: ``bipeft_plugins.tasks``) and may override the text formats.
     ``kind`` is ``classification`` (``label_names`` are the classes, the
     ``label`` column their index), ``regression`` (a float ``label``) or
-    ``choice`` (pick one of several candidate strings per example: COPA,
-    ReCoRD; see :meth:`choices`).
+    ``choice`` (pick one of several candidate strings per example; see
+    :meth:`choices`).
     """
 
     name: str
-    """Registry key, e.g. ``glue/rte``."""
+    """Registry key, ``<benchmark>/<task>``."""
     benchmark: str
-    """Sub-folder of the data folder: ``glue`` or ``superglue``."""
+    """Sub-folder of the data folder that holds this task's folder."""
     folder: str
-    """Task folder inside the benchmark folder, e.g. ``RTE``."""
+    """Task folder inside the benchmark folder (matched case-insensitively,
+    ignoring ``-``, ``_`` and spaces)."""
+    files: Mapping[str, str]
+    """File name per original split: ``train`` and ``validation``."""
+    primary_metric: str
+    """The metric value (a key of the metric module's result) used for model
+    selection and reported first."""
+    aliases: tuple[str, ...] = ()
+    """Other names :func:`resolve_task_name` maps to this task (matched
+    ignoring case, spaces, ``-`` and ``_``), e.g. the bare task name; none by
+    default."""
     kind: TaskKind = "classification"
+    """``classification``, ``regression`` or ``choice`` (see the class)."""
     label_names: tuple[str, ...] = ()
+    """Class names in label-index order (at least two for classification)."""
     input_fields: tuple[str, ...] = ()
     """The text fields, in the order an encoder sees them (one or two)."""
-    primary_metric: str = "accuracy"
-    """The paper's metric for this task, used for model selection."""
     metric: str = ""
-    """The ``evaluate`` module: a path to a metric script, or a hub name."""
+    """The ``evaluate`` module: a path to a metric script, or a hub name;
+    empty: no metric (scoring raises :class:`SpecError`)."""
     metric_config: str | None = None
+    """The metric module's config name (``None``: its default)."""
     max_length: int = 128
-    files: Mapping[str, str] = attrs.field(factory=_default_files)
-    """File name per original split (``train``, ``validation``)."""
+    """Tokens per input, the default of :func:`prepare_task`."""
+    epochs: int | None = None
+    """Training epochs for this task in the runner's embedded default spec
+    (search and re-train); ``None``: the runner's own default."""
     split_protocol: Literal["halve", "holdout"] = "halve"
+    """How the original splits become train / validation / test
+    (:func:`s3delta_split`)."""
     holdout_size: int = 2000
+    """Training rows moved to validation by the ``holdout`` protocol."""
     group_by: str | None = None
-    """Column that keeps rows together when a split is halved (MultiRC)."""
+    """Column that keeps rows together when a split is halved (``None``: rows
+    are halved one by one)."""
     t5_prefix: str = ""
+    """The first word of the T5 input (none by default)."""
     t5_fields: tuple[str, ...] = ()
-    """Fields in the T5 input, in order: ``"<prefix> f1: ... f2: ..."``."""
+    """Fields in the T5 input, in order: ``"<prefix> <field>: <value> ..."``
+    (default: ``input_fields``)."""
     t5_label_words: tuple[str, ...] | None = None
     """Target words per class for T5 (default: ``label_names``)."""
-    regression_grid: tuple[float, float, float] = (0.0, 5.0, 0.2)
+    regression_grid: tuple[float, float, float] | None = None
     """Regression targets as text for T5: (low, high, step); the prediction
-    is the best-scoring of these values."""
+    is the best-scoring of these values. A regression task needs it for
+    text-to-text models only; ``None`` by default."""
     hub: tuple[str, str | None] = ("", None)
-    """``datasets.load_dataset`` arguments for the hub fallback."""
+    """``datasets.load_dataset`` arguments for the hub fallback (an empty
+    path: no hub dataset)."""
     hub_splits: Mapping[str, str] = attrs.field(factory=_default_hub_splits)
+    """The hub dataset's split per original split (default: ``train`` and
+    ``validation``)."""
     file_format: str = ""
-    """A sentence on the file format, shown in errors."""
+    """A sentence on the file format, shown in errors (empty by default)."""
+    data_layout: str = ""
+    """The layout of the whole data folder the task's plugin reads, shown in
+    the errors about that folder; empty: this task's :meth:`layout` alone."""
     description: str = ""
+    """One line on the task, for listings."""
 
     def __attrs_post_init__(self) -> None:
         if self.kind not in ("classification", "regression", "choice"):
@@ -440,6 +460,14 @@ class Task:
         missing = {"train", "validation"} - set(self.files)
         if missing:
             raise SpecError(f"task {self.name!r}: files={dict(self.files)!r} lacks {sorted(missing)}")
+        if isinstance(self.aliases, str):
+            raise SpecError(
+                f"task {self.name!r}: aliases={self.aliases!r} is a string; give a tuple of names, "
+                f"e.g. ({self.aliases!r},)"
+            )
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):
+            raise SpecError(f"task {self.name!r}: epochs={self.epochs!r} must be a whole number >= 1 or None")
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -459,13 +487,21 @@ class Task:
         if self.kind == "classification":
             return tuple(self.t5_label_words or self.label_names)
         if self.kind == "regression":
-            lo, hi, step = self.regression_grid
+            lo, hi, step = self._grid()
             n = int(round((hi - lo) / step))
             return tuple(self._format_value(lo + i * step) for i in range(n + 1))
         return ()
 
+    def _grid(self) -> tuple[float, float, float]:
+        if self.regression_grid is None:
+            raise SpecError(
+                f"task {self.name!r} is a regression task without a regression_grid, which a text-to-text "
+                "model needs; set regression_grid=(low, high, step), the values it scores as text"
+            )
+        return self.regression_grid
+
     def _format_value(self, value: float) -> str:
-        lo, _, step = self.regression_grid
+        lo, _, step = self._grid()
         snapped = lo + round((value - lo) / step) * step
         decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
         return f"{snapped:.{decimals}f}"
@@ -475,6 +511,10 @@ class Task:
         folder = Path(root) / self.benchmark / self.folder
         names = " and ".join(str(folder / f) for f in self.files.values())
         return f"task {self.name} reads {names}" + (f" ({self.file_format})" if self.file_format else "")
+
+    def _data_folder_help(self) -> str:
+        """The data-folder layout shown in errors: the plugin's, else this task's."""
+        return self.data_layout or self.layout()
 
     # -- reading ---------------------------------------------------------------------------
     def read_split(self, path: Path, split: str) -> list[dict[str, Any]]:
@@ -514,10 +554,8 @@ class Task:
             for child in sorted(bench.iterdir()):
                 if child.is_dir() and _squash(child.name.lower()) == _squash(self.folder.lower()):
                     return child
-        raise DataError(
-            f"missing folder {str(exact)!r} for task {self.name}: {self.layout(root)}. "
-            f"The data folder is laid out as:\n{DATA_LAYOUT}"
-        )
+        whole = f" The data folder is laid out as:\n{self.data_layout}" if self.data_layout else ""
+        raise DataError(f"missing folder {str(exact)!r} for task {self.name}: {self.layout(root)}.{whole}")
 
     def load(
         self,
@@ -535,7 +573,7 @@ class Task:
         """
         import datasets
 
-        root = resolve_data_dir(data_dir)
+        root = resolve_data_dir(data_dir, layout=self._data_folder_help())
         if root is None:
             train_rows, val_rows = self._hub_rows()
         else:
@@ -577,7 +615,7 @@ class Task:
         except Exception as e:  # network, missing dataset, changed columns: one message
             raise DataError(
                 f"task {self.name} has no local data folder (pass data_dir=... (bipeft: --data-dir DIR) or set "
-                f"{DATA_DIR_ENV} to a folder laid out as:\n{DATA_LAYOUT}\n) and loading it from "
+                f"{DATA_DIR_ENV} to a folder laid out as:\n{self._data_folder_help()}\n) and loading it from "
                 f"the Hugging Face hub with {where} failed: {type(e).__name__}: {e}"
             ) from e
         return train, val
@@ -593,8 +631,8 @@ class Task:
         return texts[0], " ".join(texts[1:])
 
     def t5_text(self, example: Mapping[str, Any]) -> str:
-        """The T5 input: ``"<prefix> field: value field: value"`` (the T5 GLUE
-        format)."""
+        """The T5 input: ``"<prefix> field: value field: value"`` (T5's
+        format for classification benchmarks)."""
         parts = [self.t5_prefix] if self.t5_prefix else []
         for f in self.t5_fields or self.input_fields:
             parts.append(f"{f}: {example[f]}")
@@ -738,10 +776,10 @@ def build_task_model(config: Any, task: Task, *, seed: int = 0) -> nn.Module:
     """A randomly initialised model for ``task`` from a transformers config:
     ``AutoModelForSeq2SeqLM`` for encoder-decoder configs (T5), else
     ``AutoModelForSequenceClassification`` with the task's number of labels
-    (``problem_type="regression"`` for STS-B; one score per candidate for
-    choice tasks). Decoders without a ``pad_token_id`` get their EOS id.
-    The weights are drawn from ``torch.manual_seed(seed)`` without touching
-    the global generator."""
+    (``problem_type="regression"`` for regression tasks; one score per
+    candidate for choice tasks). Decoders without a ``pad_token_id`` get
+    their EOS id. The weights are drawn from ``torch.manual_seed(seed)``
+    without touching the global generator."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
@@ -1156,8 +1194,8 @@ def prepare_task(
     """Tokenize ``splits`` (as :meth:`Task.load` returns them) for ``model``
     and return a :class:`PreparedTask`.
 
-    ``max_length`` defaults to the task's (128 GLUE, 256 SuperGLUE, 512
-    ReCoRD). Encoders and decoders read the task's text (pair); T5 reads
+    ``max_length`` defaults to the task's (:attr:`Task.max_length`).
+    Encoders and decoders read the task's text (pair); T5 reads
     ``task.t5_text`` and is trained on ``task.t5_target``. A decoder's
     ``model.config.pad_token_id`` is set to the padding id used here (the
     tokenizer's pad token, else the model's, else EOS).

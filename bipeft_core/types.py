@@ -1,6 +1,7 @@
 """The plain data the contract speaks in: where a module can attach (:class:`Site`),
-the shape facts a parameter count needs (:class:`Shape`), and one searchable
-module at one position (:class:`ModuleSpec`).
+the shape facts a parameter count needs (:class:`Shape`), one searchable
+module at one position (:class:`ModuleSpec`), and how one kept module is
+written in Hugging Face peft's own adapter format (:class:`PeftExport`).
 
 This module imports nothing of bipeft but its errors, so every other layer
 (interfaces, engine, plugins) can depend on it without a cycle.
@@ -13,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from bipeft_core.errors import SearchSpaceError
+from bipeft_core.errors import SearchSpaceError, StructureError
 
-__all__ = ["ModuleSpec", "Shape", "Site", "check_ranks", "freeze_mapping", "hashable"]
+__all__ = ["ModuleSpec", "PeftExport", "Shape", "Site", "check_ranks", "freeze_mapping", "hashable"]
 
 
 @attrs.frozen(kw_only=True)
@@ -136,3 +137,62 @@ class ModuleSpec:
 
     def option_dict(self) -> dict[str, Any]:
         return dict(self.options)
+
+
+def _ordered_str_map(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict copy that keeps the given order (the order of
+    :attr:`PeftExport.patterns` decides the config's defaults)."""
+    return {str(k): v for k, v in dict(value).items()}
+
+
+@attrs.frozen(kw_only=True)
+class PeftExport:
+    """How one kept module is written in Hugging Face peft's own adapter format.
+
+    What :meth:`bipeft_core.interfaces.PeftModuleType.peft_export` returns for
+    a module type that peft has a native form of. Plain data, no peft objects:
+    the exporter (:mod:`bipeft_core.export`) owns grouping the records of a
+    structure's modules into one peft config and weights file, and this record
+    owns what is particular to the module type.
+    """
+
+    peft_type: str
+    """peft's name of the tuner (a ``peft.PeftType`` member), e.g. ``"LORA"``;
+    its config class is peft's for that type. Every module of one export
+    shares it."""
+    target: str
+    """Full name of the backbone module the tuner wraps (an entry of the
+    config's ``target_modules``); one module per target."""
+    config: dict[str, Any] = attrs.field(converter=_ordered_str_map)
+    """This module's values of the peft config's fields, by field name. A
+    field named in :attr:`patterns` may differ from module to module; every
+    other field must be equal in all records of one export (the exporter
+    refuses a structure whose modules disagree)."""
+    patterns: dict[str, str] = attrs.field(factory=dict, converter=_ordered_str_map)
+    """Config field → the config's per-module pattern field that holds
+    exceptions to it, in order. The first field's default is its most common
+    value; each next field's default is the most common value among the
+    modules that take every earlier default; a module whose value differs from
+    a default gets an entry in the pattern field, keyed by its anchored, escaped
+    full name (``^bert\\.encoder\\.layer\\.0\\.attention\\.self\\.query$``)."""
+    weights: dict[str, str] = attrs.field(factory=dict, converter=_ordered_str_map)
+    """peft's weight name below the target → the key of the module's own
+    ``state_dict`` that holds it, copied unchanged both ways (the file key is
+    ``base_model.model.<target>.<peft name>``), so a peft export also loads
+    back into bipeft."""
+
+    def __attrs_post_init__(self) -> None:
+        where = f"peft export record for {self.target!r}"
+        if not isinstance(self.peft_type, str) or not self.peft_type:
+            raise StructureError(f"{where}: peft_type is {self.peft_type!r}; give peft's tuner type name, "
+                                 "e.g. 'LORA'")
+        if not isinstance(self.target, str) or not self.target:
+            raise StructureError(f"peft export record: target is {self.target!r}; give the full name of the "
+                                 "backbone module the tuner wraps")
+        unknown = [k for k in self.patterns if k not in self.config]
+        if unknown:
+            raise StructureError(f"{where}: patterns name {unknown}, which are not config fields "
+                                 f"({sorted(self.config)}); give a config value for each")
+        bad = [v for v in self.weights.values() if not isinstance(v, str) or not v]
+        if bad:
+            raise StructureError(f"{where}: weights map to {bad}; give the module's state_dict keys")

@@ -1,6 +1,7 @@
 """Export: a LoRA-only structure through Hugging Face peft gives the same
 logits as bipeft's own model; bipeft's own format round-trips any structure
-(mixed modules, full fine-tuning); the errors for structures peft cannot
+(mixed modules, full fine-tuning); the exporter knows no module type, only
+what each type's ``peft_export`` gives; the errors for structures peft cannot
 hold, occupied folders and damaged exports."""
 
 from __future__ import annotations
@@ -14,10 +15,21 @@ import pytest
 import torch
 
 from bipeft_core.errors import BipeftError, StructureError
-from bipeft_core.export import _sha256, _verify_config, export, export_bipeft, export_peft, load_peft
+from bipeft_core.export import (
+    _sha256,
+    _verify_config,
+    choose_format,
+    export,
+    export_bipeft,
+    export_peft,
+    load_peft,
+    peft_refusal,
+)
+from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.structure import Structure
 from bipeft_core.targets import backbone_param_count, find_target_map
 from bipeft_core.testing import tiny_batch, tiny_model
+from bipeft_core.types import PeftExport
 
 peft = pytest.importorskip("peft")
 
@@ -129,16 +141,40 @@ def test_peft_weights_use_peft_key_layout(plugins, tmp_path):
     assert set(load_file(str(tmp_path / "own" / "adapter_model.safetensors"))) == keys
 
 
+def _records(pm, plugins):
+    lora = plugins.peft_modules.get("lora")
+    return {e.spec.site("target"): lora.peft_export(e.discrete_spec(), e.rank, m, pm.model)
+            for e, m in zip(pm.structure.entries, pm.peft)}
+
+
 def test_pattern_check_refuses_a_key_that_matches_several_modules(plugins):
     pm = _lora_model("bert", plugins, [4, 1])
-    wanted = {e.spec.site("target"): (e.rank, e.rank, "Linear") for e in pm.structure.entries}
+    wanted = _records(pm, plugins)
     cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=sorted(wanted),
                           rank_pattern={"self.key": 1}, alpha_pattern={})
     with pytest.raises(StructureError, match="not exactly one module"):
         _verify_config(cfg, pm.model, wanted, [])
     cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=["query", "key"])
-    with pytest.raises(StructureError, match="would put LoRA on"):
+    with pytest.raises(StructureError, match=r"would also wrap \['bert\.encoder\.layer\.1\.attention\.self\.key'"):
         _verify_config(cfg, pm.model, wanted, [])
+    cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=sorted(wanted))  # no rank_pattern: key gets r=4
+    with pytest.raises(StructureError, match="gives 'bert.encoder.layer.0.attention.self.key' r=4, not 1"):
+        _verify_config(cfg, pm.model, wanted, [])
+
+
+def test_lora_module_type_gives_its_native_peft_form(plugins):
+    pm = _lora_model("gpt2", plugins, [1, 8], scales={1: 0.5})
+    first, second = _records(pm, plugins).values()
+    assert first.peft_type == "LORA" and first.target == "transformer.h.0.attn.c_attn"
+    assert first.config == {"r": 1, "lora_alpha": 1, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": True}
+    assert second.config["r"] == 8 and second.config["lora_alpha"] == 4  # alpha = scale · r
+    assert list(first.patterns.items()) == [("r", "rank_pattern"), ("lora_alpha", "alpha_pattern")]
+    assert first.weights == {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"}
+    # every other built-in type has no native form: PeftModuleType's default
+    mixed = _mixed_model(plugins)
+    for e, m in zip(mixed.structure.entries, mixed.peft):
+        form = plugins.peft_modules.get(e.spec.type).peft_export(e.discrete_spec(), e.rank, m, mixed.model)
+        assert (form is None) == (e.spec.type != "lora"), e.spec.id
 
 
 # -- bipeft's own format ------------------------------------------------------------------------
@@ -310,6 +346,109 @@ def test_peft_native_folder_points_to_peft(plugins, tmp_path):
         load_peft(tiny_model("bert"), out, plugins=plugins)
     with pytest.raises(StructureError, match="does not exist"):
         load_peft(tiny_model("bert"), tmp_path / "nowhere", plugins=plugins)
+
+
+# -- the exporter knows module types only through peft_export -----------------------------------
+
+
+class _Types:
+    """A PEFT-module registry: the built-ins plus ``extra`` types."""
+
+    def __init__(self, plugins, *extra):
+        self.base, self.extra = plugins.peft_modules, {t.name: t for t in extra}
+
+    def get(self, name):
+        return self.extra[name] if name in self.extra else self.base.get(name)
+
+
+def _renamed(plugins, name, ranks, family="bert"):
+    """A bipeft model whose first LoRA positions carry module type ``name``."""
+    model = tiny_model(family)
+    specs = list(_specs(model, plugins))
+    picked = [s.index for s in specs if s.type == "lora"][: len(ranks)]
+    for i in picked:
+        specs[i] = attrs.evolve(specs[i], type=name, id=specs[i].id.replace("lora:", f"{name}:"))
+    return specs, dict(zip(picked, ranks)), model
+
+
+def _build(plugins, types, name, ranks, family="bert"):
+    specs, choices, model = _renamed(plugins, name, ranks, family)
+    torch.manual_seed(0)
+    pm = Structure.from_choices(specs, choices, space="s2").build(model, types)
+    _randomise(pm)
+    return pm
+
+
+def test_any_module_type_with_a_native_form_exports_to_peft(plugins, tmp_path):
+    lora = type(plugins.peft_modules.get("lora"))
+    mine = type("MyLoRA", (lora,), {"name": "my_lora"})()
+    types = _Types(plugins, mine)
+    pm = _build(plugins, types, "my_lora", [4, 1, 8])
+    assert choose_format(pm, types) == ("peft", None)
+    out = export(pm, tmp_path / "p", plugins=types)
+    batch = tiny_batch(pm.model)
+    loaded = peft.PeftModel.from_pretrained(tiny_model("bert"), str(out))
+    torch.testing.assert_close(_logits(loaded, batch), _logits(pm, batch), atol=ATOL, rtol=0)
+    again = load_peft(tiny_model("bert"), out, plugins=types)
+    torch.testing.assert_close(_logits(again, batch), _logits(pm, batch), atol=ATOL, rtol=0)
+
+
+def test_a_module_type_without_peft_export_is_refused_by_name(plugins, tmp_path):
+    lora = type(plugins.peft_modules.get("lora"))
+    # a LoRA-like type that keeps PeftModuleType's default: no native peft form
+    plain = type("Plain", (lora,), {"name": "plain_lora", "peft_export": PeftModuleType.peft_export})()
+    types = _Types(plugins, plain)
+    pm = _build(plugins, types, "plain_lora", [4, 1])
+    assert peft_refusal(pm, types) == "peft cannot represent its plain_lora modules"
+    assert choose_format(pm, types) == ("bipeft", "peft cannot represent its plain_lora modules")
+    with pytest.raises(StructureError, match=r"cannot represent this structure's plain_lora modules; .*format='bipeft'"):
+        export(pm, tmp_path / "x", format="peft", plugins=types)
+    out = export_bipeft(pm, tmp_path / "b", plugins=types)
+    assert json.loads((out / "export.json").read_text())["peft_cannot_represent"] == ["plain_lora modules"]
+
+
+class _Skewed:
+    """A LoRA whose peft form is changed by ``change(record, second)``
+    (``second``: the record is the key projection's, the second module)."""
+
+    def __init__(self, plugins, name, change):
+        self.inner, self.name, self.change = plugins.peft_modules.get("lora"), name, change
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def peft_export(self, spec, rank, module, model):
+        record = self.inner.peft_export(spec, rank, module, model)
+        return self.change(record, record.target.endswith(".key"))
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda r, second: attrs.evolve(r, config={**r.config, "bias": "all" if second else "none"}),
+     r"field 'bias' differs \('none' on .*query', 'all' on .*key'\)"),
+    (lambda r, second: attrs.evolve(r, peft_type="IA3" if second else "LORA"),
+     r"two peft tuner types \(LORA for skewed:.*query, IA3 for skewed:.*key\)"),
+    (lambda r, second: attrs.evolve(r, peft_type="NOT_A_TUNER"), "peft tuner type 'NOT_A_TUNER'"),
+    (lambda r, second: attrs.evolve(r, config={**r.config, "no_such_field": 1}), "does not take the fields"),
+    (lambda r, second: attrs.evolve(r, weights={"lora_A.weight": "lora_X"}), "names weight 'lora_X'"),
+    (lambda r, second: attrs.evolve(r, target=r.target.replace(".key", ".query")), "two modules on"),
+    (lambda r, second: r.config, "must return a bipeft_core.types.PeftExport"),
+])
+def test_records_that_one_peft_config_cannot_hold_are_refused(plugins, tmp_path, change, match):
+    skewed = _Skewed(plugins, "skewed", change)
+    types = _Types(plugins, skewed)
+    pm = _build(plugins, types, "skewed", [4, 1])
+    with pytest.raises(StructureError, match=match):
+        export_peft(pm, tmp_path / "p", plugins=types)
+    assert not (tmp_path / "p").exists()
+
+
+def test_peft_export_record_checks_its_fields():
+    with pytest.raises(StructureError, match="peft_type is ''"):
+        PeftExport(peft_type="", target="x", config={})
+    with pytest.raises(StructureError, match="target is ''"):
+        PeftExport(peft_type="LORA", target="", config={})
+    with pytest.raises(StructureError, match=r"patterns name \['r'\]"):
+        PeftExport(peft_type="LORA", target="x", config={}, patterns={"r": "rank_pattern"})
 
 
 def test_missing_peft_gives_install_hint(plugins, tmp_path, monkeypatch):

@@ -119,12 +119,12 @@ def _latin1(folder: Path) -> None:
 
 def _unfinished_run(c: Ctx) -> Path:
     """A run folder with spec.toml and run.json but no finished stage."""
+    from bipeft_core.pipeline import Pipeline
     from bipeft_core.plugins import load_plugins
     from bipeft_core.runner import Run
-    from bipeft_core.spec import Pipeline
 
     args = cli.build_parser().parse_args(c.args())
-    pipe = Pipeline.from_dict(cli.build_spec(args), plugins=load_plugins())
+    pipe = Pipeline.from_dict(cli.build_spec(args, plugins=load_plugins()), plugins=load_plugins())
     Run.create(c.tmp / "unfinished", pipe)
     return c.tmp / "unfinished"
 

@@ -43,7 +43,7 @@ def test_the_python_the_metadata_claims_is_the_one_tested():
 
 def test_the_core_writes_a_spec_without_extra_packages(tmp_path):
     code = ("import sys; sys.modules['tomli_w'] = None\n"
-            "from bipeft_core.spec import Pipeline\n"
+            "from bipeft_core.pipeline import Pipeline\n"
             "p = Pipeline.from_dict({'budget': '0.1%', 'model': {'task': 'glue/rte'}, "
             "'search': {'trigger': {'name': 'budget_stability', 'window': 3}, 'epochs': 2}})\n"
             f"open({str(tmp_path / 's.toml')!r}, 'w').write(p.to_toml())\n"

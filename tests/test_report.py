@@ -1,28 +1,30 @@
-"""Reporting: the structure table, reading results back from JSON, and the PNG plots."""
+"""Reporting: the structure table, reading results back from JSON (bipeft_core.report), and the PNG
+plots (bipeft_core.plots, the one module that imports matplotlib)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import re
 import sys
+from pathlib import Path
 
 import attrs
 import pytest
 import torch
 
+import bipeft_core
 from bipeft_core import BipeftError, Pipeline, Structure, load_plugins
+from bipeft_core.plots import PlotDependencyError, plot_search, plot_structure, write_report
 from bipeft_core.report import (
-    PlotDependencyError,
     ResultFileError,
     ResultNotFoundError,
-    _layout,
     load_result,
-    plot_search,
-    plot_structure,
     result_from_dict,
+    structure_layout,
     structure_table,
-    write_report,
+    write_text_report,
 )
 from bipeft_core.state import SearchResult, TriggerEvent
 from bipeft_core.targets import find_target_map
@@ -144,7 +146,7 @@ def test_table_of_a_search_result_lists_every_layer_type_and_rank(result):
 def test_layers_are_in_model_order_and_positions_are_qualified_only_where_a_layer_has_two():
     specs = specs_for("t5", layers=2)
     everything = Structure.from_choices(specs, {s.index: (s.ranks[0] if s.is_matrix else None) for s in specs})
-    lay = _layout(everything)
+    lay = structure_layout(everything)
     assert lay.layers == ("encoder.block.0", "encoder.block.1", "encoder.final_layer_norm",
                           "decoder.block.0", "decoder.block.1", "decoder.final_layer_norm")
     lora = [lay.labels[c] for c in lay.columns if c[0] == "lora"]
@@ -244,7 +246,7 @@ def test_invalid_result_dicts_are_clear_errors(result, how, message):
     (None, "does not exist"),
     ("", "is empty"),
     ("truncated", "not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not text"),
+    (b"\xff\xfe\x00garbage", "is not UTF-8 text"),
 ])
 def test_missing_or_corrupt_result_files_are_clear_errors(result, tmp_path, content, message):
     path = tmp_path / "search_result.json"
@@ -325,6 +327,31 @@ def test_missing_matplotlib_is_a_clear_error(result, tmp_path, monkeypatch):
         write_report(result, tmp_path / "r")
     assert (tmp_path / "r" / "structure.txt").is_file()  # the text is written before the plots
     assert not (tmp_path / "x.png").exists()
+    # reading results and the text report need no matplotlib
+    text = write_text_report(result, tmp_path / "t").read_text(encoding="utf-8")
+    assert text.startswith(f"strategy {result.strategy}") and structure_table(result.structure, result.budget) in text
+
+
+def _imports(path):
+    """(module name, at module level) for every import statement in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(node) for node in tree.body}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, id(node) in top))
+    return out
+
+
+def test_only_the_plots_module_imports_matplotlib_and_only_when_drawing():
+    core = Path(bipeft_core.__file__).parent
+    users = sorted(f.name for f in core.rglob("*.py")
+                   if any(m.split(".")[0] == "matplotlib" for m, _ in _imports(f)))
+    assert users == ["plots.py"]
+    assert not [m for m, at_top in _imports(core / "plots.py") if m.split(".")[0] == "matplotlib" and at_top]
+    assert not [m for m, _ in _imports(core / "report.py") if m == "bipeft_core.plots"]  # one direction only
 
 
 def test_sites_sharing_a_position_are_ordered_as_in_the_model_not_by_name():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bipeft_core import Budget, Pipeline, SpecError
+from bipeft_core import Budget, Pipeline, SpecError, load_plugins
 
 SPEC = textwrap.dedent("""
     [model]
@@ -158,10 +158,41 @@ def test_the_default_spec_of_every_registered_task_is_valid_and_round_trips(plug
     names = [e.name for e in plugins.tasks.entries()]
     assert {"glue/stsb", "glue/sst2", "glue/rte"} <= set(names)
     for name in names:
-        pipe = Pipeline.from_dict(default_spec(name), plugins=plugins, source=f"default spec of {name}")
+        pipe = Pipeline.from_dict(default_spec(name, plugins), plugins=plugins, source=f"default spec of {name}")
         assert pipe.model.task == name
+        assert pipe.search_settings.epochs == pipe.retrain_settings.epochs == (plugins.tasks.get(name).epochs or 3)
         assert Pipeline.from_dict(Pipeline.from_dict(pipe.to_dict(), plugins=plugins).to_dict(),
                                   plugins=plugins) == pipe
+
+
+def test_the_default_spec_comes_from_a_plugin_and_a_plugin_can_replace_it():
+    from bipeft_core import hookimpl
+    from bipeft_core.runner import default_spec
+
+    builtin = default_spec("stsb", load_plugins(entry_points=False))
+    assert builtin["search"]["optimizer"] == "iterative" and builtin["budget"] == {"value": "0.1%"}
+    assert builtin["search"]["lr"] == builtin["retrain"]["lr"] == 1e-3  # the benchmark recipe
+    assert builtin["search"]["epochs"] == 3  # STS-B's own default
+
+    class Mine:
+        @hookimpl
+        def bipeft_default_spec(self):
+            return {"budget": {"value": "0.5%"}, "space": {"name": "s1"}, "search": {"optimizer": "s3delta"},
+                    "retrain": {"epochs": 7}}
+
+    plugins = load_plugins([Mine()], entry_points=False)
+    mine = default_spec("glue/rte", plugins)
+    assert mine["budget"] == {"value": "0.5%"} and mine["search"] == {"optimizer": "s3delta", "epochs": 5}
+    assert mine["retrain"]["epochs"] == 7  # the plugin's own value stays
+    assert default_spec("glue/rte", plugins) is not mine  # a fresh dict each time
+    assert "trigger" in default_spec("stsb", load_plugins(entry_points=False))["search"]
+
+
+def test_no_default_spec_is_a_clear_error():
+    from bipeft_core.runner import default_spec
+
+    with pytest.raises(SpecError, match="no plugin provides a default spec.*--spec FILE"):
+        default_spec("stsb", load_plugins(entry_points=False, disable=["defaults"]))
 
 
 @pytest.mark.parametrize("budget", ["0", 0, "-5", {"value": "0"}])
@@ -178,3 +209,16 @@ def test_spec_file_that_is_not_utf8_or_a_folder_is_a_clear_error(tmp_path, plugi
         Pipeline.from_toml(bad, plugins=plugins)
     with pytest.raises(SpecError, match="is a folder"):
         Pipeline.from_toml(tmp_path, plugins=plugins)
+
+
+def test_optimizer_and_space_left_out_are_the_default_specs():
+    pipe = Pipeline(budget=1500, plugins=load_plugins(entry_points=False))
+    assert pipe.optimizer.name == "iterative" and pipe.space.name == "s2"
+    assert Pipeline.from_dict({"budget": 1500, "space": {"ranks": [1, 2]}},
+                              plugins=load_plugins(entry_points=False)).space.name == "s2"
+    bare = load_plugins(entry_points=False, disable=["defaults"])
+    with pytest.raises(SpecError, match="names no optimizer.*set search.optimizer"):
+        Pipeline(budget=1500, plugins=bare)
+    with pytest.raises(SpecError, match=r"names no space.*\[space\] name"):
+        Pipeline(budget=1500, optimizer="iterative", plugins=bare)
+    assert Pipeline(budget=1500, optimizer="s3delta", space="s1", plugins=bare).space.name == "s1"

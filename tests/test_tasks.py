@@ -14,21 +14,24 @@ import pluggy
 import pytest
 import torch
 from bipeft_plugins import tasks as builtin_tasks
+from bipeft_plugins.tasks import GLUE_TASKS, SUPERGLUE_TASKS
 
 from bipeft_core import hookspecs
 from bipeft_core.errors import DataError, SpecError, UnknownNameError
 from bipeft_core.registry import Registry
 from bipeft_core.tasks import (
     DATA_DIR_ENV,
-    GLUE_TASKS,
-    SUPERGLUE_TASKS,
     PreparedTask,
+    Task,
     build_task_model,
     cap_rows,
     get_task,
     load_task_model,
     model_family,
     prepare_task,
+    read_jsonl,
+    read_tsv,
+    resolve_data_dir,
     resolve_task_name,
     s3delta_split,
 )
@@ -146,6 +149,120 @@ def test_resolve_task_name_unknown_lists_the_known_and_accepts_third_party():
         resolve_task_name("")
 
 
+def test_short_names_are_the_aliases_the_task_plugin_declares():
+    """The bare names come from the tasks, not from the core: each GLUE task
+    answers to its short name, each SuperGLUE task too except RTE (GLUE's)."""
+    for short in GLUE_TASKS:
+        assert TASKS[f"glue/{short}"].aliases == (short,)
+    for short in SUPERGLUE_TASKS:
+        assert TASKS[f"superglue/{short}"].aliases == (() if short == "rte" else (short,))
+    # a registry of names alone knows no aliases: only registry keys (in any spelling) resolve
+    names = list(TASKS)
+    assert resolve_task_name("Super_Glue/RTE", names) == "superglue/rte"
+    with pytest.raises(UnknownNameError, match="unknown task 'rte'"):
+        resolve_task_name("rte", names)
+
+
+@attrs.frozen(kw_only=True)
+class _JsonTask(Task):
+    """A third-party task on JSON Lines files, without a data-folder layout of its plugin."""
+
+    def read_split(self, path, split):
+        rows = read_jsonl(path, keys=["text", "label"], expected=f"Expected: {self.layout()}")
+        return [{"text": r["text"], "label": self.label_names.index(r["label"]), "idx": i}
+                for i, r in enumerate(rows)]
+
+
+def _json_task(name="myorg/sentiment", **kw) -> _JsonTask:
+    kw = {"benchmark": "myorg", "folder": "Sentiment", "files": {"train": "train.jsonl", "validation": "dev.jsonl"},
+          "primary_metric": "accuracy", "label_names": ("neg", "pos"), "input_fields": ("text",), **kw}
+    return _JsonTask(name=name, **kw)
+
+
+def test_third_party_aliases_resolve_through_the_registry():
+    registry: Registry = Registry("task")
+    for task in builtin_tasks.TASKS:
+        registry.add(task)
+    mine = registry.add(_json_task(aliases=("sentiment", "my-sst")))
+    assert get_task("Sentiment", registry) is mine
+    assert get_task("MY_SST", registry) is mine
+    assert resolve_task_name("myorg/SENTIMENT", registry) == "myorg/sentiment"
+    assert get_task("rte", registry) is TASKS["glue/rte"]  # the built-in short names still work
+    # a registry key wins over an alias that spells it
+    registry.add(_json_task("glue/x", aliases=("glue/rte",)))
+    assert resolve_task_name("glue/rte", registry) == "glue/rte"
+    # a short name two tasks declare is ambiguous, and the error names both
+    registry.add(_json_task("other/sentiment", aliases=("sentiment",)))
+    with pytest.raises(UnknownNameError, match=r"'sentiment' is ambiguous: it matches myorg/sentiment, "
+                                               r"other/sentiment"):
+        resolve_task_name("sentiment", registry)
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'myorg/sentiment'"):
+        resolve_task_name("myorg/sentimnt", registry)
+
+
+def test_a_task_of_another_plugin_loads_and_names_its_own_layout(tmp_path):
+    task = _json_task()
+    with pytest.raises(DataError, match=r"(?s)nowhere.*does not exist.*laid out as:\ntask myorg/sentiment reads "
+                                        r"<data_dir>/myorg/Sentiment/train\.jsonl and .*\nor unset it") as err:
+        task.load(tmp_path / "nowhere")
+    assert "glue" not in str(err.value)
+    with pytest.raises(DataError, match=r"nowhere.*does not exist.*Point it at a folder, or unset it"):
+        resolve_data_dir(tmp_path / "nowhere")
+    assert resolve_data_dir(tmp_path) == tmp_path
+    with pytest.raises(DataError) as err:
+        task.load(tmp_path)
+    msg = str(err.value)
+    assert msg == (f"missing folder {str(tmp_path / 'myorg' / 'Sentiment')!r} for task myorg/sentiment: "
+                   f"{task.layout(tmp_path)}.")
+    rows = [{"text": f"t{i}", "label": ["neg", "pos"][i % 2]} for i in range(6)]
+    write_jsonl(tmp_path / "myorg" / "sentiment" / "train.jsonl", rows)  # folder matched case-insensitively
+    write_jsonl(tmp_path / "myorg" / "sentiment" / "dev.jsonl", rows[:4])
+    dd = task.load(tmp_path, seed=0)
+    assert (len(dd["train"]), len(dd["validation"]), len(dd["test"])) == (6, 2, 2)
+    assert dd["train"]["label"] == [0, 1, 0, 1, 0, 1]
+
+
+def test_the_contract_has_no_built_in_defaults():
+    """What only a concrete task can know has no default: its files and
+    primary metric are required, and a regression task's text grid must be
+    given before a text-to-text model needs it."""
+    for missing in ("files", "primary_metric"):
+        kw = {"benchmark": "b", "folder": "F", "files": {"train": "a", "validation": "b"},
+              "primary_metric": "m", "label_names": ("x", "y")}
+        del kw[missing]
+        with pytest.raises(TypeError, match=missing):
+            Task(name="b/t", **kw)
+    plain = Task(name="b/t", benchmark="b", folder="F", files={"train": "a", "validation": "b"},
+                 primary_metric="m", kind="regression")
+    assert (plain.aliases, plain.epochs, plain.data_layout, plain.regression_grid) == ((), None, "", None)
+    assert plain.num_labels == 1
+    with pytest.raises(SpecError, match="regression task without a regression_grid.*regression_grid=\\(low"):
+        plain.t5_target({"label": 0.5})
+    assert attrs.evolve(plain, regression_grid=(0.0, 1.0, 0.5)).label_words == ("0.0", "0.5", "1.0")
+
+
+def test_default_epochs_are_declared_by_the_tasks():
+    """The epochs of the runner's embedded default spec, per task."""
+    declared = {name: t.epochs for name, t in TASKS.items() if t.epochs is not None}
+    assert declared == {"glue/stsb": 3, "glue/mrpc": 5, "glue/cola": 3, "glue/rte": 5, "glue/sst2": 1}
+
+
+def test_the_core_module_names_no_built_in_task():
+    """bipeft_core.tasks holds the contract and the engine: no registry key,
+    short name, folder, file name, label or metric of a built-in task."""
+    import re
+
+    import bipeft_core.tasks as core
+
+    source = Path(core.__file__).read_text(encoding="utf-8").lower()
+    words = {"glue", "superglue", "super_glue", "matthews", "pearson", "spearman", "accuracy", "f1"}
+    for task in TASKS.values():
+        words |= {task.name, *task.name.split("/"), task.folder, task.primary_metric, *task.files.values(),
+                  *(n for n in task.label_names if n not in ("False", "True"))}
+    found = sorted(w for w in words if re.search(rf"(?<![\w.]){re.escape(w.lower())}(?![\w])", source))
+    assert not found, f"bipeft_core/tasks.py names {found}; that knowledge belongs in bipeft_plugins.tasks"
+
+
 PRIMARY = {
     "glue/cola": "matthews_correlation", "glue/sst2": "accuracy", "glue/mrpc": "f1", "glue/qqp": "f1",
     "glue/stsb": "pearson", "glue/mnli": "accuracy", "glue/qnli": "accuracy", "glue/rte": "accuracy",
@@ -182,6 +299,11 @@ def test_task_definitions_are_checked():
         attrs.evolve(rte, files={"train": "train.tsv"})
     with pytest.raises(DataError, match="no hub dataset"):
         attrs.evolve(rte, hub=("", None)).load()
+    with pytest.raises(SpecError, match="aliases='rte' is a string"):
+        attrs.evolve(rte, aliases="rte")
+    for bad in (0, 2.5, True):
+        with pytest.raises(SpecError, match="epochs="):
+            attrs.evolve(rte, epochs=bad)
 
 
 def test_t5_formats():
@@ -634,6 +756,25 @@ def test_missing_json_field(tmp_path):
     msg = str(err.value)
     assert "line 2 has no field 'hypothesis'" in msg and str(tmp_path / "superglue" / "CB" / "val.jsonl") in msg
     assert "<data_dir>/superglue/<TASK>/train.jsonl" in msg
+
+
+def test_readers_name_the_line_and_byte_where_a_file_stops_being_utf8(tmp_path):
+    """The byte offset counts from the file's start, a leading BOM included."""
+    tsv = tmp_path / "a.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfh1\th2\nx\ty\ncaf\xe9\tz\n")
+    with pytest.raises(DataError, match=r"'.*a\.tsv' is not UTF-8 text \(.* at line 3, byte 16: b'\\xe9'\)"
+                                        r".*iconv.*; Expected: TSV") as err:
+        read_tsv(tsv, expected="Expected: TSV")
+    assert str(err.value).endswith("Expected: TSV")
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(DataError, match=r"not UTF-8 text \(.* at line 2, byte 16: b'\\xff'\)"):
+        read_jsonl(jsonl)
+    with pytest.raises(DataError, match=r"missing file '.*nope\.jsonl'\. Expected: x"):
+        read_jsonl(tmp_path / "nope.jsonl", expected="Expected: x")
+    (tmp_path / "dir.tsv").mkdir()
+    with pytest.raises(DataError, match="missing file"):
+        read_tsv(tmp_path / "dir.tsv")
 
 
 def test_missing_nested_multirc_field(tmp_path):

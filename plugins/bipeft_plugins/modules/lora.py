@@ -4,6 +4,10 @@ Count at rank r: ``r · (in_features + out_features)``. ``A`` is
 Kaiming-uniform, ``B`` zero, so the output is unchanged at initialisation.
 The scale is ``lora_alpha / r`` with ``lora_alpha = r`` by default (scale 1
 at every candidate rank, so the entangled slices share one scale).
+
+Its native peft form is peft's own LoRA (:meth:`LoRA.peft_export`): the same
+``lora_A`` / ``lora_B`` weights, ``lora_alpha = scale · r``, one adapter per
+target layer.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import PeftModuleType
 from bipeft_core.modules import PeftModule
-from bipeft_core.types import ModuleSpec, Shape
+from bipeft_core.types import ModuleSpec, PeftExport, Shape
 
 
 class LoRAModule(PeftModule):
@@ -60,6 +64,30 @@ class LoRA(PeftModuleType):
 
     def discrete(self, spec, model, rank):
         return LoRAModule(spec, (rank,), **spec.option_dict())
+
+    def peft_export(self, spec, rank, module, model):
+        """peft's ``LoraConfig`` fields for this module: ``r`` and
+        ``lora_alpha = scale · r`` (both may differ per module, through
+        ``rank_pattern`` / ``alpha_pattern``), no dropout or bias, and
+        ``fan_in_fan_out`` for GPT-2's ``Conv1D`` layers (which store the
+        weight transposed); the weights are ``lora_A`` / ``lora_B`` unchanged."""
+        target = spec.site("target")
+        r = int(module.lora_A.shape[0])
+        alpha = _whole_if_whole(float(module.scale) * r)
+        layer = type(model.get_submodule(target)).__name__
+        return PeftExport(
+            peft_type="LORA", target=target,
+            config={"r": r, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+                    "fan_in_fan_out": layer == "Conv1D"},
+            patterns={"r": "rank_pattern", "lora_alpha": "alpha_pattern"},
+            weights={"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"},
+        )
+
+
+def _whole_if_whole(x: float) -> int | float:
+    """``x`` as an int when it is a whole number (peft's config then reads
+    ``"lora_alpha": 4``, as peft writes it itself), else as a float."""
+    return int(round(x)) if abs(x - round(x)) < 1e-12 else float(x)
 
 
 @hookimpl

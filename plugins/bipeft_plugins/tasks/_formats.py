@@ -1,27 +1,41 @@
-"""Task classes for the GLUE TSV and SuperGLUE JSONL file formats."""
+"""What the GLUE and SuperGLUE readers share: the layout of the data folder
+that holds both benchmarks' official downloads, the format help that ends
+every reading error, and the conversion of a label in a file to a class
+index."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from bipeft_core.errors import DataError
-from bipeft_core.tasks import DATA_LAYOUT, Task, read_jsonl, read_tsv
+from bipeft_core.tasks import Task
 
-__all__ = ["COPATask", "GlueTask", "MultiRCTask", "ReCoRDTask", "SuperGlueTask", "WiCTask"]
+__all__ = ["DATA_LAYOUT", "NLI2", "class_index", "format_help"]
+
+#: The data-folder layout the GLUE and SuperGLUE tasks expect (shown in every DataError).
+DATA_LAYOUT = """\
+<data_dir>/glue/<TASK>/train.tsv and dev.tsv (MNLI: dev_matched.tsv), GLUE TSV files
+    with a header row (CoLA: none), tab-separated, no quoting;
+<data_dir>/superglue/<TASK>/train.jsonl and val.jsonl, SuperGLUE JSON Lines;
+<TASK> is the folder name of the official downloads: CoLA, SST-2, MRPC, QQP, STS-B,
+MNLI, QNLI, RTE; BoolQ, CB, COPA, MultiRC, ReCoRD, RTE, WiC."""
+
+#: The two-way entailment labels (QNLI and both copies of RTE), in the hub datasets' order.
+NLI2: tuple[str, ...] = ("entailment", "not_entailment")
 
 
-def _expected(task: Task, path: Path) -> str:
+def format_help(task: Task, path: Path) -> str:
+    """The format help for a reading error in ``path`` (a file of ``task``,
+    at ``<data_dir>/<benchmark>/<TASK>/<file>``)."""
     root = path.parent.parent.parent
     return f"Expected: {task.layout(root)}. The data folder is laid out as:\n{DATA_LAYOUT}"
 
 
-def _class_index(task: Task, value: Any, where: str) -> int:
-    """A label value from a file as a class index: a class name, a bool (for
-    False/True tasks) or an index."""
+def class_index(task: Task, value: Any, where: str) -> int:
+    """A label value from a file as a class index of ``task``: a class name,
+    a bool (for False/True tasks) or an index; :class:`DataError` naming
+    ``where`` for anything else."""
     names = task.label_names
     original = value
     if isinstance(value, bool):
@@ -42,289 +56,3 @@ def _class_index(task: Task, value: Any, where: str) -> int:
         f"{where}: label {original!r} is not one of {list(names)} (or an index 0..{len(names) - 1}) "
         f"for task {task.name}; check that the file belongs to this task"
     )
-
-
-@attrs.frozen(kw_only=True)
-class GlueTask(Task):
-    """A GLUE task read from its TSV files.
-
-    ``columns`` maps each field of the task (the text fields and ``label``)
-    to its header column. Headerless files (CoLA) give ``positions`` instead:
-    field → column number.
-    """
-
-    columns: Mapping[str, str] = attrs.field(factory=dict)
-    positions: Mapping[str, int] = attrs.field(factory=dict)
-    file_format: str = "GLUE TSV: tab-separated, a header row, no quoting"
-
-    def read_split(self, path: Path, split: str) -> list[dict[str, Any]]:
-        expected = _expected(self, path)
-        out: list[dict[str, Any]] = []
-        if self.positions:
-            width = max(self.positions.values()) + 1
-            raw = read_tsv(path, header=False, n_columns=width, expected=expected)
-            records = [{field: row[i] for field, i in self.positions.items()} for row in raw]  # type: ignore[index]
-        else:
-            raw = read_tsv(path, columns=list(self.columns.values()), expected=expected)
-            records = [{field: row[col] for field, col in self.columns.items()} for row in raw]  # type: ignore[index]
-        for n, rec in enumerate(records):
-            row: dict[str, Any] = {f: rec[f] for f in self.input_fields}
-            where = f"{str(path)!r} data row {n + 1}"  # 1-based, as a reader counts
-            if self.kind == "regression":
-                try:
-                    row["label"] = float(rec["label"])
-                except ValueError:
-                    raise DataError(
-                        f"{where}: score {rec['label']!r} is not a number; task {self.name} "
-                        "needs a float score column. " + expected
-                    ) from None
-            else:
-                row["label"] = _class_index(self, rec["label"], where)
-            row["idx"] = n
-            out.append(row)
-        return out
-
-
-@attrs.frozen(kw_only=True)
-class SuperGlueTask(Task):
-    """A SuperGLUE classification task read from its JSONL files (one object
-    per line with the text fields, ``label`` and ``idx``)."""
-
-    file_format: str = "SuperGLUE JSON Lines: one object per line"
-    benchmark: str = "superglue"
-    files: Mapping[str, str] = attrs.field(factory=lambda: {"train": "train.jsonl", "validation": "val.jsonl"})
-    max_length: int = 256
-
-    def required_keys(self) -> list[str]:
-        return [*self.input_fields, "label"]
-
-    def read_split(self, path: Path, split: str) -> list[dict[str, Any]]:
-        expected = _expected(self, path)
-        objs = read_jsonl(path, keys=self.required_keys(), expected=expected)
-        return [self.convert(obj, n, f"{str(path)!r} line {n + 1}") for n, obj in enumerate(objs)]
-
-    def convert(self, obj: Mapping[str, Any], n: int, where: str) -> dict[str, Any]:
-        row: dict[str, Any] = {f: obj[f] for f in self.input_fields}
-        row["label"] = _class_index(self, obj["label"], where)
-        row["idx"] = int(obj.get("idx", n))
-        return row
-
-
-@attrs.frozen(kw_only=True)
-class WiCTask(SuperGlueTask):
-    """WiC: does ``word`` mean the same in both sentences? The encoder reads
-    ``"<word>: <sentence1>"`` paired with ``sentence2``."""
-
-    def encoder_text(self, example: Mapping[str, Any]) -> tuple[str, str | None]:
-        return f"{example['word']}: {example['sentence1']}", str(example["sentence2"])
-
-
-@attrs.frozen(kw_only=True)
-class COPATask(SuperGlueTask):
-    """COPA: which of two choices is the cause (or effect) of the premise.
-    A choice task: each choice is scored, the best is the prediction."""
-
-    kind: str = "choice"
-    label_names: tuple[str, ...] = ("choice1", "choice2")
-    input_fields: tuple[str, ...] = ("premise", "choice1", "choice2", "question")
-    t5_fields: tuple[str, ...] = ("choice1", "choice2", "premise", "question")
-
-    def features(self) -> Any:
-        import datasets
-
-        cols: dict[str, Any] = {f: datasets.Value("string") for f in self.input_fields}
-        cols["label"] = datasets.ClassLabel(names=list(self.label_names))
-        cols["idx"] = datasets.Value("int64")
-        return datasets.Features(cols)
-
-    def convert(self, obj: Mapping[str, Any], n: int, where: str) -> dict[str, Any]:
-        row = super().convert(obj, n, where)
-        if row["question"] not in ("cause", "effect"):
-            raise DataError(f"{where}: COPA question {row['question']!r} must be 'cause' or 'effect'")
-        return row
-
-    def choices(self, example: Mapping[str, Any]) -> list[str]:
-        return [str(example["choice1"]), str(example["choice2"])]
-
-    def gold_choices(self, example: Mapping[str, Any]) -> list[int]:
-        label = example.get("label")
-        return [] if label is None or int(label) < 0 else [int(label)]
-
-    def choice_text(self, example: Mapping[str, Any], choice: str) -> tuple[str, str | None]:
-        ask = "What was the cause?" if example["question"] == "cause" else "What happened as a result?"
-        return str(example["premise"]), f"{ask} {choice}"
-
-
-@attrs.frozen(kw_only=True)
-class MultiRCTask(SuperGlueTask):
-    """MultiRC: one row per answer option (is it correct?), read from the
-    nested paragraph → questions → answers JSONL. Halved by paragraph."""
-
-    label_names: tuple[str, ...] = ("False", "True")
-    input_fields: tuple[str, ...] = ("paragraph", "question", "answer")
-    t5_fields: tuple[str, ...] = ("question", "answer", "paragraph")
-    group_by: str | None = "paragraph_idx"
-
-    def features(self) -> Any:
-        import datasets
-
-        cols: dict[str, Any] = {f: datasets.Value("string") for f in self.input_fields}
-        cols["label"] = datasets.ClassLabel(names=list(self.label_names))
-        for key in ("idx", "paragraph_idx", "question_idx", "answer_idx"):
-            cols[key] = datasets.Value("int64")
-        return datasets.Features(cols)
-
-    def read_split(self, path: Path, split: str) -> list[dict[str, Any]]:
-        expected = (
-            "Each line is a paragraph: {idx, passage: {text, questions: [{question, idx, "
-            "answers: [{text, idx, label}]}]}}. " + _expected(self, path)
-        )
-        objs = read_jsonl(path, keys=["idx", "passage"], expected=expected)
-        rows: list[dict[str, Any]] = []
-        for lineno, obj in enumerate(objs, start=1):
-            where = f"{str(path)!r} line {lineno}"
-            try:
-                passage = obj["passage"]
-                text = passage["text"]
-                for q in passage["questions"]:
-                    for a in q["answers"]:
-                        rows.append(
-                            {
-                                "paragraph": text,
-                                "question": q["question"],
-                                "answer": a["text"],
-                                "label": _class_index(self, a["label"], where),
-                                "idx": len(rows),
-                                "paragraph_idx": int(obj["idx"]),
-                                "question_idx": int(q["idx"]),
-                                "answer_idx": int(a["idx"]),
-                            }
-                        )
-            except (KeyError, TypeError) as e:
-                raise DataError(f"{where} lacks the field {e} of the MultiRC structure. {expected}") from None
-        return rows
-
-    def from_hub(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "paragraph": row["paragraph"],
-            "question": row["question"],
-            "answer": row["answer"],
-            "label": int(row["label"]),
-            "idx": int(row["idx"]["answer"]),
-            "paragraph_idx": int(row["idx"]["paragraph"]),
-            "question_idx": int(row["idx"]["question"]),
-            "answer_idx": int(row["idx"]["answer"]),
-        }
-
-    def encoder_text(self, example: Mapping[str, Any]) -> tuple[str, str | None]:
-        return str(example["paragraph"]), f"{example['question']} {example['answer']}"
-
-    def metric_inputs(self, predictions: Sequence[Any], rows: Any) -> tuple[list[Any], list[Any]]:
-        preds = [
-            {
-                "idx": {"paragraph": int(p), "question": int(q), "answer": int(a)},
-                "prediction": int(pred),
-            }
-            for pred, p, q, a in zip(
-                predictions, rows["paragraph_idx"], rows["question_idx"], rows["answer_idx"]
-            )
-        ]
-        return preds, [int(x) for x in rows["label"]]
-
-
-@attrs.frozen(kw_only=True)
-class ReCoRDTask(SuperGlueTask):
-    """ReCoRD: fill ``@placeholder`` in the query with one of the passage's
-    entities. One row per query; a choice task over the entities. The
-    passage's ``@highlight`` markers become ``- `` (as the hub's loader does)."""
-
-    kind: str = "choice"
-    input_fields: tuple[str, ...] = ("passage", "query")
-    max_length: int = 512
-    split_protocol: str = "holdout"
-
-    def features(self) -> Any:
-        import datasets
-
-        return datasets.Features(
-            {
-                "passage": datasets.Value("string"),
-                "query": datasets.Value("string"),
-                "entities": datasets.Sequence(datasets.Value("string")),
-                "answers": datasets.Sequence(datasets.Value("string")),
-                "idx": datasets.Value("int64"),
-                "passage_idx": datasets.Value("int64"),
-                "query_idx": datasets.Value("int64"),
-            }
-        )
-
-    def read_split(self, path: Path, split: str) -> list[dict[str, Any]]:
-        expected = (
-            "Each line is a passage: {idx, passage: {text, entities: [{start, end}]}, "
-            "qas: [{idx, query, answers: [{start, end, text}]}]}. " + _expected(self, path)
-        )
-        objs = read_jsonl(path, keys=["idx", "passage", "qas"], expected=expected)
-        rows: list[dict[str, Any]] = []
-        for lineno, obj in enumerate(objs, start=1):
-            where = f"{str(path)!r} line {lineno}"
-            try:
-                raw_text = obj["passage"]["text"]
-                entities = sorted({raw_text[e["start"] : e["end"] + 1] for e in obj["passage"]["entities"]})
-                text = raw_text.replace("@highlight\n", "- ")
-                for qa in obj["qas"]:
-                    rows.append(
-                        {
-                            "passage": text,
-                            "query": qa["query"],
-                            "entities": entities,
-                            "answers": sorted({a["text"] for a in qa.get("answers", [])}),
-                            "idx": len(rows),
-                            "passage_idx": int(obj["idx"]),
-                            "query_idx": int(qa["idx"]),
-                        }
-                    )
-            except (KeyError, TypeError) as e:
-                raise DataError(f"{where} lacks the field {e} of the ReCoRD structure. {expected}") from None
-        return rows
-
-    def from_hub(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "passage": row["passage"],
-            "query": row["query"],
-            "entities": list(row["entities"]),
-            "answers": list(row["answers"]),
-            "idx": int(row["idx"]["query"]),
-            "passage_idx": int(row["idx"]["passage"]),
-            "query_idx": int(row["idx"]["query"]),
-        }
-
-    def choices(self, example: Mapping[str, Any]) -> list[str]:
-        return [str(e) for e in example["entities"]]
-
-    def gold_choices(self, example: Mapping[str, Any]) -> list[int]:
-        answers = set(example["answers"])
-        return [i for i, e in enumerate(example["entities"]) if e in answers]
-
-    def choice_text(self, example: Mapping[str, Any], choice: str) -> tuple[str, str | None]:
-        return str(example["passage"]), str(example["query"]).replace("@placeholder", choice)
-
-    def t5_text(self, example: Mapping[str, Any]) -> str:
-        entities = ", ".join(example["entities"])
-        return f"record query: {example['query']} entities: {entities} passage: {example['passage']}"
-
-    def t5_target(self, example: Mapping[str, Any]) -> str:
-        gold = self.gold_choices(example)
-        if gold:
-            return self.choices(example)[gold[0]]
-        return str(example["answers"][0]) if example["answers"] else ""
-
-    def metric_inputs(self, predictions: Sequence[Any], rows: Any) -> tuple[list[Any], list[Any]]:
-        preds, refs = [], []
-        for pred, ents, answers, p, q in zip(
-            predictions, rows["entities"], rows["answers"], rows["passage_idx"], rows["query_idx"]
-        ):
-            idx = {"passage": int(p), "query": int(q)}
-            text = ents[int(pred)] if ents and 0 <= int(pred) < len(ents) else ""
-            preds.append({"idx": idx, "prediction_text": text})
-            refs.append({"idx": dict(idx), "answers": list(answers)})
-        return preds, refs
