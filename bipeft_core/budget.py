@@ -167,13 +167,13 @@ class Budget:
         if _COUNT_RE.match(text):
             return cls.of_count(int(text.replace("_", "").replace(",", "")))
         try:
-            number = float(text)
+            plain = float(text)
         except ValueError:
             raise BudgetError(f"cannot read budget {value!r}; {_HELP}") from None
-        if number <= 0:
+        if plain <= 0:
             raise BudgetError(f"a budget must be above 0, got {value!r}; {_HELP}")
-        if number.is_integer():
-            return cls.of_count(int(number))
+        if plain.is_integer():
+            return cls.of_count(int(plain))
         raise BudgetError(
             f"ambiguous budget {value!r}: a bare number is a parameter count and must be a whole "
             f"number >= 1. For a ratio write it with its unit, e.g. '{text}%' or '{text}bp'"

@@ -19,7 +19,8 @@ from bipeft_core.errors import BipeftError
 __all__ = ["CheckpointError", "CheckpointManager", "load_safe", "plain"]
 
 FORMAT = "bipeft-search-checkpoint"
-VERSION = 1
+#: 2: one layout for every strategy of the shared search loop (bipeft_core.loop)
+VERSION = 2
 
 
 class CheckpointError(BipeftError):
@@ -101,7 +102,12 @@ class CheckpointManager:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not a bipeft search checkpoint; delete it or point "
                                   "the search at another folder")
-        if data.get("version", 0) > VERSION:
-            raise CheckpointError(f"{self.path} was written by a newer bipeft (format {data['version']}); "
+        version = data.get("version", 0)
+        if version > VERSION:
+            raise CheckpointError(f"{self.path} was written by a newer bipeft (format {version}); "
                                   "upgrade bipeft to resume it")
+        if version < VERSION:
+            raise CheckpointError(f"{self.path} was written by an older bipeft (format {version}, this one reads "
+                                  f"{VERSION}); finish that search with the bipeft that started it, or delete the "
+                                  "checkpoint to start the search again")
         return data

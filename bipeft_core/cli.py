@@ -90,7 +90,7 @@ SPEC_FLAGS = (("spec", "--spec"), ("task", "--task"), ("model", "--model"), ("bu
 
 def _given_flags(args: argparse.Namespace) -> list[str]:
     """The spec flags given on the command line, as the user wrote them."""
-    out = []
+    out: list[str] = []
     for attr, flag in SPEC_FLAGS:
         value = getattr(args, attr, None)
         if value is None or value == []:
@@ -371,7 +371,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     from bipeft_core.runner import default_model_path
 
     model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
-    model = load_task_model(model_path, get_task(pipe.model.task, plugins))
+    model = load_task_model(model_path, get_task(str(pipe.model.task), plugins))
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
     try:
@@ -457,7 +457,7 @@ def _output_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """-q/--jsonl, accepted before and after the command (after it they
     keep the value given before unless given again)."""
     mode = p.add_mutually_exclusive_group()
-    default = {} if top else {"default": argparse.SUPPRESS}
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     mode.add_argument("-q", "--quiet", action="store_true", help="print only the final summary", **default)
     mode.add_argument("--jsonl", action="store_true", help="print events as JSON lines (for scripts)", **default)
 
@@ -532,7 +532,7 @@ def _os_error(exc: OSError) -> str:
         errno.EEXIST: "the path exists; choose another",
         errno.ENOENT: "check the path",
     }
-    fix = fixes.get(exc.errno, "check the path and its permissions")
+    fix = fixes.get(exc.errno or 0, "check the path and its permissions")
     return f"{str(path)!r}: {why}; {fix}" if path else f"{why}; {fix}"
 
 

@@ -44,10 +44,13 @@ __all__ = [
 
 
 class Stateful:
-    """Mixin: components whose state must survive a checkpoint."""
+    """Mixin: components whose state must survive a checkpoint. The search
+    loop (:mod:`bipeft_core.loop`) saves the state of every component it
+    drives, and of the optimizer, in each checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume; called when a checkpoint is written."""
+        """Everything needed to resume (tensors and plain data only); called
+        when a checkpoint is written. Default: nothing."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -154,12 +157,13 @@ class SensitivityEstimator(Stateful, ABC):
         """Called after every weight step with, per module, the products
         ``θ ⊙ ∂L/∂θ`` of each of its tensors from the weight step (``train``)
         and the preceding architecture step (``val``); ``None`` where the
-        module was not computed. ``active`` (bool, per module) marks the
-        modules whose score is updated (pruned modules are not). ``sizes``
-        (default ``None``: the optimizer gives none) maps ``max``,
-        ``expected`` and ``live`` to per-module parameter counts (see
-        ``Supernet.effective_counts``), for estimators that normalise by
-        what a module effectively carries."""
+        module was not computed; ``val`` is all ``None`` after a step without
+        an architecture step. ``active`` (bool, per module) marks the modules
+        whose score is updated (pruned modules are not). ``sizes`` maps
+        ``max``, ``expected`` and ``live`` to per-module parameter counts
+        (``Supernet.effective_counts``), for estimators that normalise by
+        what a module effectively carries; the search loop always passes
+        them, ``None`` (the default) is for callers that have none."""
 
     @property
     @abstractmethod
@@ -178,13 +182,18 @@ class Trigger(Stateful, ABC):
 
     @abstractmethod
     def reset(self, state: SearchState) -> None:
-        """Called once before the first step; sets ``state.triggers_left``."""
+        """Called once before the first step (``state.step`` 0,
+        ``state.total_steps`` and ``state.steps_per_epoch`` set). Sets ``K``,
+        how many times the trigger may fire in this search, with
+        ``state.plan_triggers(K)``; ``state.triggers_left`` is read-only, and
+        only the loop lowers it, once per firing."""
 
     @abstractmethod
     def should_fire(self, state: SearchState) -> bool:
         """Called after every weight step (and sensitivity update). Returns
-        whether the module and dimension selectors run now. May record
-        history; must not change the structure."""
+        whether the module and dimension selectors run now; must return
+        ``False`` once ``state.triggers_left`` is 0. May record history; must
+        not change the structure or the state."""
 
     def warmed_up(self, state: SearchState) -> bool:
         """Whether the warm-up is over at ``state.step`` (default: there is
@@ -198,12 +207,17 @@ class ModuleSelector(Stateful, ABC):
 
     name: ClassVar[str]
 
+    def reset(self, state: SearchState) -> None:
+        """Called once before the first step (default: nothing to set up)."""
+
     @abstractmethod
     def select(self, state: SearchState) -> list[int]:
         """Called when the trigger fires, before the dimension selector, with
         ``state.triggers_left`` not yet decremented. Returns the indices of
-        the modules to prune now (the caller applies them); may update
-        ``state.expected_sizes``."""
+        the modules to prune now (the loop applies them). The selector owns
+        ``state.expected_sizes``, ``state.last_expected`` and
+        ``state.last_delta`` and may update them here (the trigger event
+        reports the last two)."""
 
 
 class DimensionSelector(Stateful, ABC):
@@ -212,22 +226,27 @@ class DimensionSelector(Stateful, ABC):
     name: ClassVar[str]
 
     def reset(self, state: SearchState) -> None:
-        """Called once before the first step."""
+        """Called once before the first step (default: nothing to set up)."""
 
     def observe(self, state: SearchState) -> None:
-        """Called after every weight step past the warm-up (a β snapshot)."""
+        """Called after every weight step once the trigger is warmed up (a β
+        snapshot); default: nothing is recorded."""
 
     @abstractmethod
     def select(self, state: SearchState) -> dict[int, int]:
         """Called when the trigger fires, after pruning and after
         ``state.triggers_left`` was decremented. Returns ``{module index:
-        rank}`` for the modules to fix now (the caller applies them)."""
+        rank}`` for the modules to fix now (the loop applies them)."""
 
 
 class Optimizer(Stateful, ABC):
-    """Drives a search: the loop over data, the steps, and when the other
-    components are called. BIPEFT's is ``iterative``; baselines bring their
-    own (``s3delta``, ``prunepeft``, ...)."""
+    """Drives a search and returns its result. A strategy that trains the
+    supernet subclasses :class:`bipeft_core.loop.LoopOptimizer`, whose
+    ``search`` is the one search loop (data, steps, checkpoints, the calls to
+    the other components) and which declares the hooks that loop calls
+    (BIPEFT's ``iterative``, ``s3delta``, ``prunepeft``, ``apet``); a
+    strategy that searches otherwise (``autopeft``, ``manual``, ``full``)
+    implements :meth:`search` itself."""
 
     name: ClassVar[str]
     components: ClassVar[tuple[str, ...]] = ()

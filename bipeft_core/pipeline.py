@@ -62,15 +62,16 @@ class Pipeline(PipelineSpec):
             object.__setattr__(self, "space", attrs.evolve(self.space, name=name))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, plugins: Any = None, source: str = "spec") -> Pipeline:
+    def from_dict(cls, data: Mapping[str, Any], *, plugins: Any = None, source: str = "spec",
+                  **extra: Any) -> Pipeline:
         """From the dict form (the TOML tables), checked against ``plugins``.
         Raises :class:`SpecError`."""
-        return super().from_dict(data, source=source, plugins=plugins)
+        return super().from_dict(data, source=source, plugins=plugins, **extra)
 
     @classmethod
-    def from_toml(cls, path: str | Path, *, plugins: Any = None) -> Pipeline:
+    def from_toml(cls, path: str | Path, *, plugins: Any = None, **extra: Any) -> Pipeline:
         """Load a TOML spec file. Raises :class:`SpecError` naming the file."""
-        return super().from_toml(path, plugins=plugins)
+        return super().from_toml(path, plugins=plugins, **extra)
 
     def evolve(self, **changes: Any) -> Pipeline:
         return attrs.evolve(self, **changes)
@@ -91,7 +92,7 @@ class Pipeline(PipelineSpec):
             except BipeftError as exc:
                 raise SpecError(f"space.file = {self.space.file!r}: {exc}") from None
         elif self.space.name not in plugins.spaces:
-            _unknown("space.name", plugins.spaces, self.space.name)
+            _unknown("space.name", plugins.spaces, str(self.space.name))
         optimizer_cls = self._factory("optimizer", plugins)
         used = tuple(optimizer_cls.components)
         for kind in COMPONENT_KINDS[1:]:
@@ -100,7 +101,7 @@ class Pipeline(PipelineSpec):
                 continue
             if kind not in used:
                 raise SpecError(
-                    f"search.{kind} = {comp.name!r} is set, but optimizer {self.optimizer.name!r} does not use "
+                    f"search.{kind} = {comp.name!r} is set, but optimizer {self.component_name('optimizer')!r} does not use "
                     f"a {kind} (it uses {list(used) or 'none'}); remove search.{kind}"
                 )
             self._factory(kind, plugins)

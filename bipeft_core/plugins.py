@@ -44,7 +44,11 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "target_maps": "bipeft_plugins.target_maps",
     "spaces": "bipeft_plugins.spaces",
     "bipeft": "bipeft_plugins.strategies.bipeft",
-    "baselines": "bipeft_plugins.strategies.baselines",
+    "s3delta": "bipeft_plugins.strategies.s3delta",
+    "prunepeft": "bipeft_plugins.strategies.prunepeft",
+    "apet": "bipeft_plugins.strategies.apet",
+    "manual": "bipeft_plugins.strategies.manual",
+    "autopeft": "bipeft_plugins.strategies.autopeft",
     "tasks": "bipeft_plugins.tasks",
     "defaults": "bipeft_plugins.defaults",
 }
@@ -136,7 +140,7 @@ class Plugins:
     def _fill(self) -> None:
         dists = {id(p): d for p, d in self.pm.list_plugin_distinfo()}
         builtin_modules = set(BUILTIN_PLUGINS.values())
-        fills = [
+        fills: list[tuple[str, Registry | StrategyRegistries]] = [
             ("bipeft_register_peft_modules", self.peft_modules),
             ("bipeft_register_strategies", self.strategies),
             ("bipeft_register_search_spaces", self.spaces),
@@ -195,8 +199,8 @@ def load_plugins(
     if entry_points:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
     for plugin in plugins:
-        name = getattr(plugin, "name", None) if not isinstance(plugin, ModuleType) else None
-        pm.register(plugin, name=name if isinstance(name, str) else None)
+        given = getattr(plugin, "name", None) if not isinstance(plugin, ModuleType) else None
+        pm.register(plugin, name=given if isinstance(given, str) else None)
     pm.check_pending()
     host = Plugins(pm)
     host._fill()

@@ -29,7 +29,7 @@ def repair_to_budget(
         spec, rank = specs[i], out[i]
         excess = count - budget
         lowered = None
-        if spec.is_matrix:
+        if spec.is_matrix and rank is not None:
             now = spec.count(rank)
             for r in sorted((r for r in spec.ranks if r < rank), reverse=True):
                 if now - spec.count(r) >= excess:
@@ -65,13 +65,14 @@ def refill_to_budget(
             break
         spec = specs[i]
         if i in out:
-            if not spec.is_matrix:
+            current = out[i]
+            if not spec.is_matrix or current is None:
                 continue
-            now = spec.count(out[i])
-            higher = [r for r in spec.ranks if r > out[i] and spec.count(r) - now <= room]
+            now = spec.count(current)
+            higher = [r for r in spec.ranks if r > current and spec.count(r) - now <= room]
             if higher:
                 rank = max(higher)
-                log.append(f"raised {spec.id} from rank {out[i]} to {rank} (+{spec.count(rank) - now:,})")
+                log.append(f"raised {spec.id} from rank {current} to {rank} (+{spec.count(rank) - now:,})")
                 count += spec.count(rank) - now
                 out[i] = rank
         elif spec.is_matrix:

@@ -339,7 +339,7 @@ class Run:
         the tokenizer against the model's embedding table, the task's data,
         and the budget against the space on this model. Raises a
         :class:`BipeftError` naming the value and the fix."""
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedModel
 
         from bipeft_core.tasks import get_task, load_task_model, prepare_task
 
@@ -357,7 +357,7 @@ class Run:
                     "folder (--model PATH)" if is_hub_id(model_path) and not Path(model_path).exists()
                     else "give a folder that save_pretrained wrote")
             raise RunError(f"could not load the model {model_path!r}: {str(exc).splitlines()[0]} ({hint})") from None
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        embeddings = model.get_input_embeddings() if isinstance(model, PreTrainedModel) else None
         rows = getattr(embeddings, "num_embeddings", None)
         if rows is not None and len(tokenizer) > rows:
             raise RunError(f"the tokenizer of {model_path!r} has {len(tokenizer):,} tokens but the model's "

@@ -201,11 +201,11 @@ class DeclarativeSpace(SearchSpace):
         for ei, e in enumerate(self.entries):
             if not any(f[0][1] == ei for f in found):
                 mtype = registry.get(e.type)
-                roles = list(e.targets) if e.targets else list(mtype.roles)
+                wanted = list(e.targets) if e.targets else list(mtype.roles)
                 raise TargetError(
                     f"space {self.name!r}: module type {e.type!r} finds no position in this "
                     f"{type(model).__name__} (target map {target_map.name!r} has no "
-                    f"{'site for roles' if e.targets else 'block with all of the roles'} {roles}). "
+                    f"{'site for roles' if e.targets else 'block with all of the roles'} {wanted}). "
                     "Remove it from the space for this model, or give a target map with those roles"
                 )
         found.sort(key=lambda f: f[0])

@@ -126,11 +126,48 @@ class Component:
         return self.name if not self.params else {"name": self.name, **self.param_dict()}
 
 
-def _component_or_none(field: str):
-    def convert(value: Any) -> Component | None:
-        return None if value is None else Component.parse(value, field)
+def _component_or_none(value: Any, field: str) -> Component | None:
+    return None if value is None else Component.parse(value, field)
 
-    return convert
+
+def _optimizer(value: Any) -> Component | None:
+    return _component_or_none(value, "search.optimizer")
+
+
+def _sensitivity(value: Any) -> Component | None:
+    return _component_or_none(value, "search.sensitivity")
+
+
+def _trigger(value: Any) -> Component | None:
+    return _component_or_none(value, "search.trigger")
+
+
+def _module_selector(value: Any) -> Component | None:
+    return _component_or_none(value, "search.module_selector")
+
+
+def _dimension_selector(value: Any) -> Component | None:
+    return _component_or_none(value, "search.dimension_selector")
+
+
+def _parse_budget(value: Any) -> Budget:
+    return Budget.parse(value)
+
+
+def _parse_space(value: Any) -> SpaceSpec:
+    return SpaceSpec.parse(value)
+
+
+def _parse_model(value: Any) -> ModelSpec:
+    return ModelSpec.parse(value)
+
+
+def _search_settings(value: Any) -> TrainSpec:
+    return TrainSpec.parse(value, "search")
+
+
+def _retrain_settings(value: Any) -> TrainSpec:
+    return TrainSpec.parse(value, "retrain")
 
 
 @attrs.frozen(kw_only=True)
@@ -273,21 +310,21 @@ class PipelineSpec:
     takes the optimizer's default.
     """
 
-    budget: Budget = attrs.field(converter=Budget.parse)
-    space: SpaceSpec = attrs.field(factory=SpaceSpec, converter=SpaceSpec.parse)
+    budget: Budget = attrs.field(converter=_parse_budget)
+    space: SpaceSpec = attrs.field(factory=SpaceSpec, converter=_parse_space)
     """``None`` (or no name): the default spec's space, filled in by the pipeline."""
-    model: ModelSpec = attrs.field(factory=ModelSpec, converter=ModelSpec.parse)
-    optimizer: Component | None = attrs.field(default=None, converter=_component_or_none("search.optimizer"))
+    model: ModelSpec = attrs.field(factory=ModelSpec, converter=_parse_model)
+    optimizer: Component | None = attrs.field(default=None, converter=_optimizer)
     """``None``: the default spec's optimizer, filled in by the pipeline."""
-    sensitivity: Component | None = attrs.field(default=None, converter=_component_or_none("search.sensitivity"))
-    trigger: Component | None = attrs.field(default=None, converter=_component_or_none("search.trigger"))
+    sensitivity: Component | None = attrs.field(default=None, converter=_sensitivity)
+    trigger: Component | None = attrs.field(default=None, converter=_trigger)
     module_selector: Component | None = attrs.field(
-        default=None, converter=_component_or_none("search.module_selector"))
+        default=None, converter=_module_selector)
     dimension_selector: Component | None = attrs.field(
-        default=None, converter=_component_or_none("search.dimension_selector"))
-    search_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=lambda v: TrainSpec.parse(v, "search"))
+        default=None, converter=_dimension_selector)
+    search_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=_search_settings)
     """Training settings of the search (the ``[search]`` table's other keys)."""
-    retrain_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=lambda v: TrainSpec.parse(v, "retrain"))
+    retrain_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=_retrain_settings)
     """Training settings of the re-train (the ``[retrain]`` table)."""
 
     # -- construction ----------------------------------------------------------------

@@ -1,9 +1,26 @@
-"""Runtime state of a search, the events it emits, and its result."""
+"""Runtime state of a search, the events it emits, and its result.
+
+Each field of :class:`SearchState` has one owner, the one code path that
+changes it; everyone else reads it:
+
+* ``step`` and ``scores``: the search loop
+  (:class:`bipeft_core.loop.SearchLoop`).
+* ``triggers_left`` (read-only): set once, by :meth:`Trigger.reset
+  <bipeft_core.interfaces.Trigger.reset>` through
+  :meth:`SearchState.plan_triggers`; lowered only by the loop, with
+  :meth:`SearchState.count_firing`, each time the trigger fires.
+* ``expected_sizes``, ``last_expected``, ``last_delta``: the module selector
+  (:meth:`ModuleSelector.select <bipeft_core.interfaces.ModuleSelector.select>`),
+  at each firing; ``expected_sizes`` starts at the modules' sizes at their
+  largest rank.
+* the supernet's ``pruned`` and ``fixed_rank`` (read here through
+  properties): the loop, which applies what the selectors return.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -17,25 +34,59 @@ __all__ = ["Control", "SearchContext", "SearchResult", "SearchState", "TriggerEv
 
 @attrs.define
 class SearchState:
-    """What the trigger and selectors read (and, where their docstrings say,
-    change) during a search. Lives as long as one search."""
+    """What the trigger and selectors read during a search (and what the
+    module selector writes, see the module docstring). Lives as long as one
+    search; the loop checkpoints it with :meth:`state_dict`."""
 
     supernet: Any
     specs: Sequence[ModuleSpec]
     budget: int
     steps_per_epoch: int
     step: int = 0
-    """Weight steps done."""
+    """Weight steps done. Owner: the loop."""
     total_steps: int = 0
     """Weight steps the search plans (``steps_per_epoch × epochs``; 0: unknown)."""
-    triggers_left: int = 0
-    """``K``: triggers still to come."""
-    expected_sizes: torch.Tensor | None = None
-    """Per module: the size the trigger's walk uses (``N_m`` until the first
-    trigger, then the expected size computed at the last trigger)."""
+    _triggers_left: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """``K``, see :attr:`triggers_left` (an init argument of that name, for tests)."""
+    expected_sizes: torch.Tensor = attrs.field()
+    """Per module: the size the trigger's walk uses (``N_m`` at the largest
+    rank until the first trigger, then the expected size the module selector
+    computed at the last trigger). Owner: the module selector."""
     scores: torch.Tensor | None = None
+    """The sensitivity estimator's scores after the last weight step
+    (``None`` without an estimator). Owner: the loop."""
     last_delta: float = 0.0
+    """``ΔP`` of the last firing. Owner: the module selector."""
     last_expected: float = 0.0
+    """The expected size ``E`` at the last firing. Owner: the module selector."""
+
+    @expected_sizes.default
+    def _max_sizes(self) -> torch.Tensor:
+        return self.max_counts()
+
+    @property
+    def triggers_left(self) -> int:
+        """``K``: triggers still to come. Read-only; the trigger's ``reset``
+        sets it with :meth:`plan_triggers`, the loop lowers it with
+        :meth:`count_firing`."""
+        return self._triggers_left
+
+    def plan_triggers(self, k: int) -> None:
+        """Set ``K`` at the start of a search: called once, by the trigger's
+        :meth:`~bipeft_core.interfaces.Trigger.reset` (0 until then)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"the number of triggers must be a whole number >= 0, not {k!r}; "
+                             "a Trigger's reset returns it")
+        self._triggers_left = k
+
+    def count_firing(self) -> int:
+        """One trigger fired: ``K − 1`` (called by the loop only, between the
+        module selector and the dimension selector). Returns the new ``K``."""
+        if self._triggers_left <= 0:
+            raise ValueError("a trigger fired with no triggers left (K = 0); a Trigger's should_fire must "
+                             "return False once state.triggers_left is 0")
+        self._triggers_left -= 1
+        return self._triggers_left
 
     @property
     def epoch(self) -> float:
@@ -51,7 +102,21 @@ class SearchState:
         return self.supernet.fixed_rank
 
     def max_counts(self) -> torch.Tensor:
+        """Per module, its size at its largest candidate rank (float64)."""
         return torch.tensor([float(s.max_count) for s in self.specs], dtype=torch.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fields a resumed search needs (``scores`` come back from the
+        estimator's own state)."""
+        return {"step": self.step, "triggers_left": self._triggers_left, "expected_sizes": self.expected_sizes,
+                "last_delta": self.last_delta, "last_expected": self.last_expected}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume, by the loop)."""
+        self.step = int(state["step"])
+        self._triggers_left = int(state["triggers_left"])
+        self.expected_sizes = state["expected_sizes"]
+        self.last_delta, self.last_expected = state["last_delta"], state["last_expected"]
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +140,11 @@ class TriggerEvent:
         d["pruned"] = list(self.pruned)
         d["fixed"] = [list(x) for x in self.fixed]
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TriggerEvent:
+        """The event back from :meth:`to_dict` (a checkpoint's trace)."""
+        return cls(**{**data, "pruned": tuple(data["pruned"]), "fixed": tuple(map(tuple, data["fixed"]))})
 
 
 @attrs.define

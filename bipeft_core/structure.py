@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -20,11 +20,16 @@ from torch import nn
 
 from bipeft_core.budget import format_count
 from bipeft_core.errors import StructureError
+from bipeft_core.modules import PeftModule
 from bipeft_core.types import ModuleSpec, Shape
 
 __all__ = ["PeftModel", "Structure", "StructureEntry"]
 
 FORMAT_VERSION = 1
+
+
+def _entry_tuple(entries: Any) -> tuple[StructureEntry, ...]:
+    return tuple(entries)
 
 
 @attrs.frozen(kw_only=True)
@@ -93,7 +98,7 @@ class StructureEntry:
 class Structure:
     """A discrete PEFT structure, with where it came from."""
 
-    entries: tuple[StructureEntry, ...] = attrs.field(converter=tuple)
+    entries: tuple[StructureEntry, ...] = attrs.field(converter=_entry_tuple)
     space: str = ""
     model_type: str = ""
     backbone_params: int | None = None
@@ -124,7 +129,7 @@ class Structure:
         """Exact trainable PEFT parameters (task head not included; the whole
         backbone for full fine-tuning)."""
         if self.full:
-            return int(self.backbone_params)
+            return int(self.backbone_params or 0)
         return sum(e.count for e in self.entries)
 
     def verify(self, registry: Any) -> None:
@@ -257,7 +262,10 @@ class PeftModel(nn.Module):
             mtype = registry.get(e.spec.type)
             mods.append(mtype.discrete(e.discrete_spec(), model, e.rank))
         self.peft = nn.ModuleList(mods)
-        for m in self.peft:
+        for e, m in zip(structure.entries, mods):
+            if not isinstance(m, PeftModule):
+                raise StructureError(f"module type {e.spec.type!r}: discrete() returned a {type(m).__name__}, "
+                                     "not a bipeft_core.modules.PeftModule; build the plain form on PeftModule")
             m.attach(model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -296,4 +304,4 @@ class PeftModel(nn.Module):
 
     def detach_hooks(self) -> None:
         for m in self.peft:
-            m.detach()
+            cast(PeftModule, m).detach()

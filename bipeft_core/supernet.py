@@ -30,11 +30,12 @@ Pruned modules are always skipped: no compute, no memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from bipeft_core.errors import StructureError
 from bipeft_core.modules import PeftModule
 from bipeft_core.types import ModuleSpec
 
@@ -84,6 +85,15 @@ class Supernet(nn.Module):
     torch RNG (seed it first); architecture logits with ``generator``.
     """
 
+    # buffers (registered in __init__), declared for type checkers
+    cand_valid: torch.Tensor
+    cand_ranks: torch.Tensor
+    cand_counts: torch.Tensor
+    rank_masks: torch.Tensor
+    is_matrix: torch.Tensor
+    pruned: torch.Tensor
+    fixed_rank: torch.Tensor
+
     def __init__(
         self,
         model: nn.Module,
@@ -103,7 +113,12 @@ class Supernet(nn.Module):
         for p in self.head_params:
             p.requires_grad_(True)
         self.peft = nn.ModuleList(registry.get(s.type).supernet(s, model) for s in self.specs)
-        for m in self.peft:
+        for spec, m in zip(self.specs, self.peft):
+            if not isinstance(m, PeftModule):
+                raise StructureError(
+                    f"module type {spec.type!r}: supernet() returned a {type(m).__name__}, not a "
+                    "bipeft_core.modules.PeftModule; build the searchable form on PeftModule")
+        for m in self.peft_modules():
             m.attach(model)
         n = len(self.specs)
         cmax = max([len(s.ranks) for s in self.specs] + [1])
@@ -215,6 +230,10 @@ class Supernet(nn.Module):
             ranks = torch.where(self.is_matrix & (self.fixed_rank < 0), joint_rank, ranks)
         return ranks
 
+    def peft_modules(self) -> list[PeftModule]:
+        """The attached modules, in the order of :attr:`specs`."""
+        return cast("list[PeftModule]", list(self.peft))
+
     def peft_parameters(self) -> list[nn.Parameter]:
         return list(self.peft.parameters())
 
@@ -226,7 +245,7 @@ class Supernet(nn.Module):
         tensor without gradient; ``None`` for a module not computed at all):
         what a :class:`~bipeft_core.SensitivityEstimator` observes."""
         out: list[list[torch.Tensor | None] | None] = []
-        for m in self.peft:
+        for m in self.peft_modules():
             prods = [(p.detach() * p.grad) if p.grad is not None else None for p in m.parameters()]
             out.append(prods if any(t is not None for t in prods) else None)
         return out
@@ -234,7 +253,7 @@ class Supernet(nn.Module):
     # -- configuring a forward -------------------------------------------------------
     @torch.no_grad()
     def _reset_all(self) -> None:
-        for m in self.peft:
+        for m in self.peft_modules():
             m.reset_controls()
 
     def configure(
@@ -276,8 +295,7 @@ class Supernet(nn.Module):
         if mode in ("dimension", "joint") and rank_w is None:
             rank_w = gumbel_hard(self.masked_beta(), temperature, generator, noise=noise)
         mask_all = torch.einsum("mc,mcr->mr", rank_w, self.rank_masks) if rank_w is not None else None
-        for i, m in enumerate(self.peft):
-            m: PeftModule
+        for i, m in enumerate(self.peft_modules()):
             m.reset_controls()
             if pruned[i]:
                 m.enabled = False
@@ -295,9 +313,11 @@ class Supernet(nn.Module):
                 if not keep[i] and gate_gradient == "sampled_only":
                     m.enabled = False
                     continue
+                assert gates is not None  # these modes sample α
                 m.gate = gates[i]
                 m.detach_weights = not keep[i]
             if mode in ("dimension", "joint") and matrix and fixed[i] < 0:
+                assert rank_w is not None and mask_all is not None  # these modes sample β
                 if gate_gradient == "sampled_only":
                     c = int(rank_w[i].detach().argmax())
                     m.rank = int(self.cand_ranks[i, c])
@@ -315,7 +335,7 @@ class Supernet(nn.Module):
         ranks = self.argmax_rank().tolist()
         pruned = self.pruned.tolist()
         on = enabled.tolist() if enabled is not None else [True] * len(self.specs)
-        for i, m in enumerate(self.peft):
+        for i, m in enumerate(self.peft_modules()):
             m.reset_controls()
             if pruned[i] or not on[i]:
                 m.enabled = False
@@ -329,5 +349,5 @@ class Supernet(nn.Module):
         return self.model(*args, **kwargs)
 
     def detach_hooks(self) -> None:
-        for m in self.peft:
+        for m in self.peft_modules():
             m.detach()

@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 import attrs
+import torch
 from torch import nn
 
 from bipeft_core.errors import TargetError
@@ -56,10 +57,12 @@ def _module_kind_and_shape(module: nn.Module) -> tuple[str, int, int]:
         return "linear", module.in_features, module.out_features
     cls = type(module).__name__
     weight = getattr(module, "weight", None)
+    weight = weight if isinstance(weight, torch.Tensor) else None
     if cls == "Conv1D" and weight is not None and weight.dim() == 2:  # GPT-2: weight is (in, out)
         return "linear", int(weight.shape[0]), int(weight.shape[1])
     if isinstance(module, nn.LayerNorm) or ("norm" in cls.lower() and weight is not None and weight.dim() == 1):
-        n = int(weight.shape[0]) if weight is not None else int(module.normalized_shape[-1])
+        shape: Any = module.normalized_shape if weight is None else weight.shape
+        n = int(shape[-1] if weight is None else shape[0])
         return "norm", n, n
     return "other", 0, 0
 

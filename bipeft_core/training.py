@@ -84,7 +84,8 @@ def default_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def make_loader(examples: Sequence[Any], batch_size: int, collate: Callable, *, seed: int,
                 shuffle: bool = True) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
+    rows: Any = list(examples)  # a list is a map-style dataset (len and indexing)
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.0):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bipeft_plugins.strategies.baselines import solve_shift
 from bipeft_plugins.strategies.bipeft import BudgetGuided, GradWeightCos
+from bipeft_plugins.strategies.prunepeft import PruneRounds
+from bipeft_plugins.strategies.s3delta import solve_shift
 
 from bipeft_core import Pipeline, load_plugins
 from bipeft_core.targets import backbone_param_count
@@ -62,9 +63,13 @@ def test_prunepeft_shares_the_registered_bipeft_components():
     sel = p.build_component("module_selector")
     assert type(sens) is pl.strategies.sensitivity.get("grad_weight_cos") is GradWeightCos
     assert type(sel) is pl.strategies.module_selector.get("budget_guided") is BudgetGuided
-    assert sens.criterion == "train"  # I_tr/N, as BASELINES.md decides
+    assert sens.criterion == "train"  # I_tr/N, as docs/baselines.md says
     result = p.evolve(search_settings={"epochs": 2, "batch_size": 16}).search(tiny_model("bert"), synthetic(96))
     assert result.trace and all(e.rank in (None, 8) for e in result.structure.entries)
+    # its rounds are a trigger of its own on the shared loop: 12 planned steps, rounds over the first 6
+    assert PruneRounds(rounds=10, fraction=0.5).steps(12) == [1, 2, 3, 4, 5, 6]
+    assert result.steps == 12 and [e.step for e in result.trace] == [1, 2, 3, 4, 5, 6]
+    assert result.trace[-1].triggers_left == 0 and all(e.fixed == () and e.sensitivity == {} for e in result.trace)
 
 
 def test_apet_fills_the_budget_with_other_seeds_giving_other_structures():
@@ -95,7 +100,7 @@ def test_manual_methods_have_their_exact_counts(method, expected):
 
 
 def test_manual_counts_on_minilm_shape_match_the_reference_figures():
-    """REFERENCE-FIGURES.md: BitFit (all biases) 25,728; LoRA r=8 on q, v 73,728 on MiniLM-L6."""
+    """docs/baselines.md: BitFit (all biases) 25,728; LoRA r=8 on q, v 73,728 on MiniLM-L6."""
     import transformers as T
 
     cfg = T.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,

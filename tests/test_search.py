@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 import torch
 from bipeft_plugins.strategies.bipeft import (
@@ -18,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bipeft_core import BudgetError, Pipeline, TrainingError, hookimpl, load_plugins
-from bipeft_core.checkpoint import CheckpointError
+from bipeft_core.checkpoint import CheckpointError, CheckpointManager
+from bipeft_core.loop import LoopOptimizer
 from bipeft_core.repair import repair_to_budget, structure_count
 from bipeft_core.state import SearchState
 from bipeft_core.supernet import Supernet
@@ -126,6 +128,24 @@ def test_trigger_does_not_fire_when_the_indicator_keeps_changing():
     assert out == [False] * 5
 
 
+def test_triggers_left_has_one_owner_the_loop_through_plan_and_count():
+    state = fake_state([5, 4, 3], budget=8, scores=[3.0, 2.0, 1.0])
+    assert state.expected_sizes.tolist() == [5.0, 4.0, 3.0]  # N_m until the module selector sets it
+    with pytest.raises(AttributeError):
+        state.triggers_left = 3  # read-only: components cannot change K
+    BudgetStability(spread=False, max_triggers=2).reset(state)  # K through the declared path
+    assert state.triggers_left == 2
+    assert state.count_firing() == 1 and state.count_firing() == 0
+    with pytest.raises(ValueError, match="no triggers left"):
+        state.count_firing()
+    with pytest.raises(ValueError, match="whole number"):
+        state.plan_triggers(-1)
+    state.step = 7
+    again = fake_state([5, 4, 3], budget=8, scores=[3.0, 2.0, 1.0])
+    again.load_state_dict(state.state_dict())  # what a checkpoint holds comes back
+    assert (again.step, again.triggers_left) == (7, 0)
+
+
 # -- module selection (Eq. 6-8) -------------------------------------------------------------
 
 
@@ -135,8 +155,7 @@ def test_module_selection_delta_and_walk_by_hand():
     with torch.no_grad():
         sn.alpha.zero_()  # π = 0.5 everywhere
         sn.beta.zero_()  # uniform rank weights
-    state = SearchState(supernet=sn, specs=specs, budget=1000, steps_per_epoch=1)
-    state.triggers_left = 20
+    state = SearchState(supernet=sn, specs=specs, budget=1000, steps_per_epoch=1, triggers_left=20)
     state.scores = torch.arange(n, dtype=torch.float64)  # module 0 least sensitive
     per = []
     for s in specs:
@@ -159,8 +178,7 @@ def test_module_selection_delta_and_walk_by_hand():
 
 def test_module_selection_prunes_nothing_under_budget():
     sn, specs = supernet_for("bert")
-    state = SearchState(supernet=sn, specs=specs, budget=10**9, steps_per_epoch=1)
-    state.triggers_left = 5
+    state = SearchState(supernet=sn, specs=specs, budget=10**9, steps_per_epoch=1, triggers_left=5)
     state.scores = torch.zeros(len(specs), dtype=torch.float64)
     assert BudgetGuided().select(state) == []
 
@@ -194,7 +212,7 @@ def test_rank_selection_n_fix_and_dsi_by_hand():
             sn.beta.add_(torch.randn(sn.beta.shape, generator=g) * 0.5)
         snaps.append(sn.beta.detach().clone())
         sel.observe(state)
-    state.triggers_left = 4
+    state.plan_triggers(4)
     fixed = sel.select(state)
     # g = cos(first, last potential dims); n_fix = floor(g * M_u / K')
     def dims(beta):
@@ -225,11 +243,11 @@ def test_rank_selection_fixes_all_on_the_penultimate_trigger_and_none_on_the_las
     sel = StabilityKL()
     for _ in range(2):
         sel.observe(state)
-    state.triggers_left = 1
+    state.plan_triggers(1)
     assert len(sel.select(state)) == sum(s.is_matrix for s in specs)
     for _ in range(2):
         sel.observe(state)
-    state.triggers_left = 0
+    assert state.count_firing() == 0
     assert sel.select(state) == {}
 
 
@@ -366,6 +384,78 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="belongs to another search"):
         pipeline(1200).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_checkpoint_of_an_older_format_is_refused_with_the_fix(tmp_path):
+    CheckpointManager(tmp_path).save({})
+    data = torch.load(tmp_path / "search-checkpoint.pt", weights_only=True)
+    torch.save({**data, "version": 1}, tmp_path / "search-checkpoint.pt")
+    with pytest.raises(CheckpointError, match="older bipeft .format 1.*delete the checkpoint"):
+        pipeline(1500).search(tiny_model("bert"), synthetic(64), checkpoint_dir=tmp_path, resume=True)
+
+
+# -- a third-party strategy on the search loop's defaults ----------------------------------------
+
+
+@attrs.define(kw_only=True)
+class JointDarts(LoopOptimizer):
+    """Declares only an architecture optimiser and its final structure: every
+    other hook of the loop keeps its default (joint α/β steps on half B,
+    sampled gates for the weights, step and loss in the history, the repair
+    by the sensitivity scores)."""
+
+    name = "joint_darts"
+    components = ("sensitivity",)
+    default_components = {"sensitivity": {"name": "grad_weight_cos", "normalizer": "max"}}
+
+    def arch_optimizer(self, supernet):
+        return torch.optim.Adam(supernet.arch_parameters(), lr=0.05)
+
+    def final_choices(self, loop):
+        keep, ranks = loop.supernet.eval_keep().tolist(), loop.supernet.eval_rank().tolist()
+        return {i: (ranks[i] if spec.is_matrix else None) for i, spec in enumerate(loop.specs) if keep[i]}
+
+
+class JointDartsPlugin:
+    @hookimpl
+    def bipeft_register_strategies(self, registry):
+        registry.add(JointDarts)
+
+
+class LogitRecorder:
+    def __init__(self):
+        self.alphas = []
+
+    @hookimpl
+    def bipeft_before_search(self, context):
+        self.supernet = context.supernet
+
+    @hookimpl
+    def bipeft_after_step(self, state, control):
+        self.alphas.append(self.supernet.alpha.detach().clone())
+
+
+def test_a_strategy_on_the_loop_defaults_trains_repairs_and_resumes(tmp_path):
+    train = synthetic(96)  # 3 steps an epoch on half A
+
+    def pipe(*extra):
+        return Pipeline(budget=1500, optimizer="joint_darts", search_settings={"epochs": 3, "batch_size": 16},
+                        plugins=load_plugins([JointDartsPlugin(), *extra], entry_points=False))
+
+    rec = LogitRecorder()
+    ref = pipe(rec).search(tiny_model("bert"), train)
+    # no trigger: every planned step runs, each with an architecture step that moves the logits
+    assert ref.steps == 9 and ref.trace == () and len(rec.alphas) == 9
+    assert all(not torch.equal(a, b) for a, b in zip(rec.alphas, rec.alphas[1:]))
+    assert [sorted(h) for h in ref.history] == [["loss", "step", "step_time"]] * 9
+    assert ref.count <= 1500 and ref.structure.count() == ref.count
+    with pytest.raises(Boom):
+        pipe(InterruptAt(5, Boom)).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, checkpoint_every=2)
+    resumed = pipe().search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.structure == ref.structure
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history]
+    with pytest.raises(CheckpointError, match="strategy 'joint_darts', not 'iterative'"):
+        pipeline(1500).search(tiny_model("bert"), train, checkpoint_dir=tmp_path, resume=True)
 
 
 # -- the ablation variants (paper Table 2) ------------------------------------------------------

@@ -105,7 +105,7 @@ def _fire_steps(trig, state, steps, scores_at=None):
             state.scores = torch.tensor(scores_at(step), dtype=torch.float64)
         if trig.should_fire(state):
             out.append(step)
-            state.triggers_left -= 1
+            state.count_firing()
     return out
 
 

@@ -1,7 +1,7 @@
 """AutoPEFT (Zhou et al. 2024): multi-objective Bayesian optimisation of
 (validation metric, parameter count) over a space's module sizes and a
 per-layer on/off switch, each candidate trained and evaluated
-(../shared/docs/BASELINES.md). Uses Optuna's multi-objective TPE sampler
+(docs/baselines.md). Uses Optuna's multi-objective TPE sampler
 (``pip install bipeft[autopeft]``).
 """
 
@@ -15,8 +15,12 @@ import torch
 
 from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.errors import BipeftError
+from bipeft_core.hookspecs import hookimpl
 from bipeft_core.interfaces import Optimizer
+from bipeft_core.loop import SearchCheckpoints, build_result
 from bipeft_core.training import train_model
+
+__all__ = ["RECORD_KEYS", "SAMPLERS", "AutoPEFT"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 #: the keys of a trial record besides its metric
@@ -61,8 +65,6 @@ class AutoPEFT(Optimizer):
         return optuna
 
     def search(self, ctx) -> Any:
-        from bipeft_plugins.strategies.baselines import _LoopCheckpoints, _result
-
         if ctx.evaluate is None:
             raise BipeftError("autopeft scores every candidate on validation data: pass validation examples "
                               "and a task (or evaluate_fn=) to Pipeline.search")
@@ -82,7 +84,7 @@ class AutoPEFT(Optimizer):
         params = sn.peft_parameters() + list(sn.head_params)
         trial_settings = attrs.evolve(s, epochs=self.trial_epochs)
         records: list[dict[str, Any]] = []
-        checkpoints = _LoopCheckpoints(ctx, self.name)  # saved after each trial
+        checkpoints = SearchCheckpoints(ctx, self.name)  # saved after each trial
         done: list[dict[str, Any]] = []
         data = checkpoints.load()
         if data is not None:
@@ -142,8 +144,12 @@ class AutoPEFT(Optimizer):
             r["choices"] = {str(k): v for k, v in r["choices"].items()}
         with torch.no_grad():
             sn.fixed_rank.fill_(-1)
-        return _result(ctx, self.name, {int(k): v for k, v in pick["choices"].items()}, started, repair=False,
-                       notes=notes,
-                       extra={"trials": records, "pareto": [r for r in records if r["pareto"]]})
+        return build_result(ctx, self.name, {int(k): v for k, v in pick["choices"].items()}, started, repair=False,
+                            notes=notes, extra={"trials": records, "pareto": [r for r in records if r["pareto"]]})
+
+
+@hookimpl
+def bipeft_register_strategies(registry):
+    registry.add(AutoPEFT)
 
 
