@@ -1,7 +1,7 @@
 """Parameter budgets: parsing, resolution against a backbone, and the walks.
 
 The paper writes its budget "1.39%" but means 1.39 per ten thousand (‱) of
-the backbone's parameters (ALGORITHM.md §0). Here a budget is either an
+the backbone's parameters (docs/algorithm.md §1). Here a budget is either an
 absolute count or an exact ratio, and a ratio is always written with its unit:
 
 >>> Budget.parse("102600").count
@@ -226,7 +226,7 @@ def format_count(n: int) -> str:
 
 
 def fill_walk(sizes: Sequence[float], budget: float) -> list[bool]:
-    """The trigger's indicator walk (ALGORITHM.md §5).
+    """The trigger's indicator walk (docs/algorithm.md §5).
 
     ``sizes`` are in ranked order (most important first). A module is taken
     when the running total plus it stays within ``budget``; one that does not
@@ -244,7 +244,7 @@ def fill_walk(sizes: Sequence[float], budget: float) -> list[bool]:
 
 
 def prune_walk(sizes: Sequence[float], delta: float) -> list[int]:
-    """The module selector's pruning walk (ALGORITHM.md §6).
+    """The module selector's pruning walk (docs/algorithm.md §6).
 
     ``sizes`` are in ascending order of importance. A module is pruned when
     the removed total plus it stays within ``delta``, else skipped; the first

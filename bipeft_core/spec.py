@@ -232,7 +232,7 @@ class SpaceSpec:
 class TrainSpec:
     """Training settings (of the search's weight steps, or of the re-train).
 
-    Defaults as ALGORITHM.md §3 and §8: AdamW lr 3e-4, weight decay 1e-4,
+    Defaults as docs/algorithm.md §3 and §9: AdamW lr 3e-4, weight decay 1e-4,
     batch 32, linear decay without warm-up, gradient clipping at 2.0.
     """
 

@@ -1,6 +1,6 @@
 """The supernet: a frozen backbone with every searchable module attached,
 architecture logits α (keep/drop) and β (candidate ranks), and the gate
-sampling of ALGORITHM.md §2.
+sampling of docs/algorithm.md §2.
 
 Before each forward, :meth:`Supernet.configure` sets every module's controls
 for one of the modes:

@@ -208,7 +208,7 @@ def head_module_names(model: nn.Module, target_map: TargetMap | None = None) -> 
 
 def backbone_param_count(model: nn.Module, target_map: TargetMap | None = None) -> int:
     """Parameters of the backbone without its task head (the base of a ratio
-    budget, ALGORITHM.md §0). Tied weights count once; works on the meta
+    budget, docs/algorithm.md §1). Tied weights count once; works on the meta
     device."""
     heads = tuple(h + "." for h in head_module_names(model, target_map))
     total = 0

@@ -52,7 +52,7 @@ def progress_bar(ctx_or_flag: Any, *, total: int, desc: str, initial: int = 0) -
 
 def split_halves(examples: Sequence[Any], *, seed: int) -> tuple[list[Any], list[Any]]:
     """Two equal halves of the training set (seeded): A trains the weights,
-    B the architecture logits (ALGORITHM.md §3)."""
+    B the architecture logits (docs/algorithm.md §3)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     half = len(order) // 2

