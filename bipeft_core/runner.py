@@ -38,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from bipeft_core.errors import BipeftError, SpecError
+from bipeft_core.errors import BipeftError, SpecError, read_text_file
 from bipeft_core.pipeline import Pipeline
 
 __all__ = ["Run", "RunError", "check_model_path", "default_spec", "is_hub_id", "versions"]
@@ -171,11 +171,13 @@ def check_interval(every: Any, flag: str = "--checkpoint-every") -> int:
 
 
 def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise RunError(f"{path} is missing; is {path.parent} a bipeft run folder?")
+    text = read_text_file(path, what="run file", error=RunError,
+                          fix="delete the run folder or that file and run again")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; is {path.parent} a bipeft run folder?") from None
-    except ValueError as exc:  # not JSON, or not UTF-8
+        return json.loads(text)
+    except ValueError as exc:  # not JSON
         raise RunError(f"{path} is corrupt ({exc}); delete the run folder or that file and run again") from None
 
 

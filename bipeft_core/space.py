@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 from torch import nn
 
-from bipeft_core.errors import SearchSpaceError, TargetError
+from bipeft_core.errors import SearchSpaceError, TargetError, read_text_file
 from bipeft_core.interfaces import PeftModuleType, SearchSpace
 from bipeft_core.targets import ROLES, TargetMap
 from bipeft_core.types import ModuleSpec, Shape, Site, check_ranks
@@ -122,10 +122,10 @@ class DeclarativeSpace(SearchSpace):
     @classmethod
     def from_toml(cls, path: str | Path) -> DeclarativeSpace:
         path = Path(path)
+        text = read_text_file(path, what="space file", error=SearchSpaceError,
+                              fix="give the path of a space .toml file")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SearchSpaceError(f"space file {str(path)!r} does not exist") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SearchSpaceError(f"space file {str(path)!r} is not valid TOML: {exc}") from None
         return cls.from_dict(data, source=str(path))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bipeft_core.budget import format_count
-from bipeft_core.errors import StructureError
+from bipeft_core.errors import StructureError, read_text_file
 from bipeft_core.modules import PeftModule
 from bipeft_core.types import ModuleSpec, Shape
 
@@ -219,10 +219,9 @@ class Structure:
     @classmethod
     def load(cls, path: str | Path) -> Structure:
         path = Path(path)
+        text = read_text_file(path, what="structure file", error=StructureError)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StructureError(f"structure file {str(path)!r} does not exist") from None
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StructureError(f"structure file {str(path)!r} is not valid JSON ({exc})") from None
         return cls.from_dict(data)
