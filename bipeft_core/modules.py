@@ -36,7 +36,7 @@ from torch import nn
 
 from bipeft_core.types import ModuleSpec
 
-__all__ = ["PeftModule", "get_submodule", "input_of"]
+__all__ = ["PeftModule", "get_submodule", "input_of", "require_peft_module"]
 
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:
@@ -49,6 +49,20 @@ def get_submodule(model: nn.Module, name: str) -> nn.Module:
             f"the model has no module {name!r}; the structure or space was built for another "
             "architecture (check the model and the target map)"
         ) from None
+
+
+def require_peft_module(module: Any, type_name: str, form: str) -> PeftModule:
+    """``module`` as a :class:`PeftModule`, or a :class:`StructureError`
+    naming the module type and the form (``supernet`` or ``discrete``) that
+    returned something else."""
+    if not isinstance(module, PeftModule):
+        from bipeft_core.errors import StructureError
+
+        raise StructureError(
+            f"module type {type_name!r}: {form}() returned a {type(module).__name__}, not a "
+            f"bipeft_core.modules.PeftModule; build the {'searchable' if form == 'supernet' else 'plain'} "
+            "form on PeftModule")
+    return module
 
 
 def input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from bipeft_core.budget import format_count
 from bipeft_core.errors import StructureError, read_text_file
-from bipeft_core.modules import PeftModule
+from bipeft_core.modules import PeftModule, require_peft_module
 from bipeft_core.types import ModuleSpec, Shape
 
 __all__ = ["PeftModel", "Structure", "StructureEntry"]
@@ -262,10 +262,7 @@ class PeftModel(nn.Module):
             mods.append(mtype.discrete(e.discrete_spec(), model, e.rank))
         self.peft = nn.ModuleList(mods)
         for e, m in zip(structure.entries, mods):
-            if not isinstance(m, PeftModule):
-                raise StructureError(f"module type {e.spec.type!r}: discrete() returned a {type(m).__name__}, "
-                                     "not a bipeft_core.modules.PeftModule; build the plain form on PeftModule")
-            m.attach(model)
+            require_peft_module(m, e.spec.type, "discrete").attach(model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

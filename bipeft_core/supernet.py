@@ -35,8 +35,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from bipeft_core.errors import StructureError
-from bipeft_core.modules import PeftModule
+from bipeft_core.modules import PeftModule, require_peft_module
 from bipeft_core.types import ModuleSpec
 
 __all__ = ["MODES", "Supernet", "gumbel_hard", "trainable_head_parameters"]
@@ -114,10 +113,7 @@ class Supernet(nn.Module):
             p.requires_grad_(True)
         self.peft = nn.ModuleList(registry.get(s.type).supernet(s, model) for s in self.specs)
         for spec, m in zip(self.specs, self.peft):
-            if not isinstance(m, PeftModule):
-                raise StructureError(
-                    f"module type {spec.type!r}: supernet() returned a {type(m).__name__}, not a "
-                    "bipeft_core.modules.PeftModule; build the searchable form on PeftModule")
+            require_peft_module(m, spec.type, "supernet")
         for m in self.peft_modules():
             m.attach(model)
         n = len(self.specs)
