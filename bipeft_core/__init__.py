@@ -19,7 +19,7 @@ from bipeft_core.errors import (
     UnknownNameError,
 )
 from bipeft_core.export import export as export_model
-from bipeft_core.export import export_bipeft, export_peft, load_peft
+from bipeft_core.export import export_bipeft, export_merged, export_peft, export_peft_bipeft, load_peft
 from bipeft_core.hookspecs import hookimpl, hookspec
 from bipeft_core.interfaces import (
     DimensionSelector,
@@ -91,8 +91,10 @@ __all__ = [
     "backbone_param_count",
     "default_plugins",
     "export_bipeft",
+    "export_merged",
     "export_model",
     "export_peft",
+    "export_peft_bipeft",
     "fill_walk",
     "hookimpl",
     "hookspec",
@@ -107,3 +109,9 @@ __all__ = [
 import logging as _logging
 
 _logging.getLogger("bipeft").addHandler(_logging.NullHandler())
+
+# bipeft's own peft method (peft type ``BIPEFT``), registered with peft on its
+# first import (see bipeft_core.peft_tuner).
+from bipeft_core import peft_tuner as _peft_tuner  # noqa: E402
+
+_peft_tuner.install()

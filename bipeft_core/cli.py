@@ -357,7 +357,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     from safetensors.torch import load_file
 
     from bipeft_core.export import choose_format, export
-    from bipeft_core.runner import Run, check_model_path
+    from bipeft_core.runner import Run, check_model_path, default_model_id, default_model_path
     from bipeft_core.structure import Structure
     from bipeft_core.tasks import get_task, load_task_model
 
@@ -368,10 +368,10 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
                           f"bipeft retrain {run.folder}")
     pipe = run.pipeline
     plugins = pipe.get_plugins()
-    from bipeft_core.runner import default_model_path
-
-    model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
-    model = load_task_model(model_path, get_task(str(pipe.model.task), plugins))
+    given = pipe.model.name_or_path
+    model_path = check_model_path(given or default_model_path(plugins))
+    task = get_task(str(pipe.model.task), plugins)
+    model = load_task_model(model_path, task)
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
     try:
@@ -379,23 +379,77 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     except Exception as exc:
         raise BipeftError(f"{weights} could not be read ({exc}); the file is corrupt: re-train with "
                           f"bipeft retrain {run.folder}") from None
-    fmt, why = (args.format, None) if args.format else choose_format(peft_model, plugins)
+    fmt = args.format or "auto"
+    why = None
+    if fmt == "auto":
+        fmt, why = choose_format(peft_model, plugins)
     out = Path(args.out) if args.out else run.folder / f"export-{fmt}"
+    base = args.base_model or given or default_model_id(plugins) or model_path
     try:
-        written = export(peft_model, out, format=fmt, base_model_name_or_path=model_path, overwrite=args.overwrite,
-                         plugins=plugins)
+        written = export(peft_model, out, format=fmt, base_model_name_or_path=base, overwrite=args.overwrite,
+                         plugins=plugins, tokenizer=_run_tokenizer(model_path),
+                         card=_card_facts(run, pipe, task, model_path))
     except BipeftError as exc:
         raise BipeftError(_cli_words(str(exc))) from None
-    chosen = "" if args.format else (" (the default: peft can hold this structure)" if why is None else
-                                     f" (the default, as peft cannot hold this structure: {_cli_words(why)})")
+    if args.format not in (None, "auto"):
+        chosen = ""
+    elif why is None:
+        chosen = " (chosen by --format auto: native peft holds this structure exactly)"
+    else:
+        chosen = f" (chosen by --format auto, as native peft cannot hold this structure: {_cli_words(why)})"
     printer.info(f"exported in the {fmt} format{chosen} to {written}")
-    printer.event("exported", format=fmt, path=str(written), chosen=args.format is None, why=why)
+    printer.event("exported", format=fmt, path=str(written), chosen=args.format in (None, "auto"), why=why)
     return 0
+
+
+def _run_tokenizer(model_path: str) -> Any:
+    """The tokenizer the run used (saved into the export), or ``None`` when
+    it cannot be loaded (the export then says so on its model card only by
+    its absence)."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError):
+        return None
+
+
+def _card_facts(run: Any, pipe: Any, task: Any, model_path: str) -> dict[str, Any]:
+    """What the export's model card says about the run: task, test metric,
+    budget, search settings, and the path the run loaded the model from."""
+    facts: dict[str, Any] = {"task": task.name, "resolved_base_model": model_path,
+                             "pipeline_tag": "text-classification"}
+    try:
+        metrics = json.loads((run.folder / "retrain" / "metrics.json").read_text(encoding="utf-8"))
+        name = metrics.get("primary_metric")
+        test = metrics.get("test") or {}
+        value = test.get(name) if isinstance(test, dict) else None
+        if name and value is not None:
+            facts.update(metric=name, metric_value=float(value))
+    except (OSError, ValueError):
+        pass
+    try:
+        result = json.loads((run.folder / "search_result.json").read_text(encoding="utf-8"))
+        facts["budget"] = int(result["budget"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    optimizer = pipe.optimizer
+    facts["search"] = {
+        "strategy": optimizer.name if optimizer is not None else "?",
+        "space": pipe.space.name or pipe.space.file,
+        "budget (as given)": str(pipe.budget),
+        "search epochs": pipe.search_settings.epochs,
+        "re-train epochs": pipe.retrain_settings.epochs,
+        "seed": pipe.search_settings.seed,
+    }
+    return facts
 
 
 def _cli_words(message: str) -> str:
     """A library message with its Python keyword arguments as the CLI's flags."""
     for python, flag in (("format='bipeft'", "--format bipeft"), ("format='peft'", "--format peft"),
+                         ("format='peft-bipeft'", "--format peft-bipeft"), ("format='merged'", "--format merged"),
+                         ("format='auto'", "--format auto"),
                          ("overwrite=True", "--overwrite")):
         message = message.replace(python, flag)
     return message
@@ -488,10 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a run folder or a search_result.json")
     p.add_argument("--plots", help="folder for the PNG plots (default: beside the result)")
     p.add_argument("--no-plots", action="store_true", help="print the table only")
-    p = add("export", help="export the re-trained model (peft or bipeft format)")
+    p = add("export", help="export the re-trained model (peft, merged or bipeft format)")
     p.add_argument("result", help="a run folder with a finished re-train")
-    p.add_argument("--format", choices=("peft", "bipeft"), default=None,
-                   help="peft or bipeft (default: peft when peft can hold the structure, else bipeft)")
+    p.add_argument("--format", choices=("auto", "peft", "peft-bipeft", "merged", "bipeft"), default="auto",
+                   help="auto (default: native peft when it holds the structure exactly, else bipeft's "
+                        "registered peft method), peft, peft-bipeft, merged (modules folded into the weights: "
+                        "a plain transformers model), or bipeft (bipeft's own)")
+    p.add_argument("--base-model", help="the base model the export names (base_model_name_or_path); default: "
+                                        "the run's model as its spec gives it")
     p.add_argument("--out", help="the export folder (default: RUN/export-<format>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     add("plugins", help="list every registered module type, strategy, space, target map and task")

@@ -1,29 +1,36 @@
 """Exporting a trained :class:`~bipeft_core.structure.PeftModel`, and loading it back.
 
-Two formats (``docs/export.md`` describes them file by file):
+Formats (``docs/export.md`` describes them file by file):
 
-* ``"peft"``: Hugging Face ``peft``'s own adapter layout (``adapter_config.json``
-  and ``adapter_model.safetensors``), loadable with
-  ``peft.PeftModel.from_pretrained(base_model, path)``. This module knows no
-  module type: it asks each kept module's type for its native peft form
-  (:meth:`PeftModuleType.peft_export`, a :class:`~bipeft_core.types.PeftExport`)
-  and groups the records into one peft config. Only structures whose every
-  module has such a form can be written this way; a value that differs from
-  module to module (a rank, a scale) goes in the config's pattern fields,
-  under keys that are anchored full module names, checked at export (with
-  peft's own matching rules) to select exactly their one module. The task
-  head (classifier, pooler, score) goes in ``modules_to_save``. bipeft also
-  writes its ``structure.json`` and ``export.json`` there (peft ignores
-  them), so :func:`load_peft` can rebuild bipeft's own model from the folder
-  too.
-* ``"bipeft"``: bipeft's own format, for every structure: ``structure.json``
-  (:meth:`Structure.save`), ``adapter.safetensors`` (the
-  :meth:`PeftModel.trainable_state_dict`: module weights, task head, and the
-  backbone for full fine-tuning) and ``export.json`` (format name and
-  version, checksums, and which parts peft could not represent).
+* ``"peft"``: Hugging Face ``peft``'s own native adapter (a ``LoraConfig``
+  for LoRA), for structures whose every module has a native peft form. This
+  module knows no module type: it asks each kept module's type for that
+  form (:meth:`PeftModuleType.peft_export`, a
+  :class:`~bipeft_core.types.PeftExport`) and groups the records into one
+  peft config; a value that differs from module to module goes in the
+  config's pattern fields, under anchored full module names checked at
+  export (with peft's own matching rules) to select exactly their module.
+* ``"peft-bipeft"``: a peft adapter of the peft method ``BIPEFT`` that
+  bipeft registers with peft (:mod:`bipeft_core.peft_tuner`), for any
+  structure of PEFT modules: peft loads it once ``bipeft_core`` is imported.
+* ``"merged"``: every module folded into the backbone's own weights (each
+  type says how, :meth:`PeftModuleType.merged_weights`), saved as a plain
+  transformers model with no inference overhead.
+* ``"bipeft"``: bipeft's own format, for every structure (full fine-tuning
+  included): ``structure.json``, ``adapter.safetensors`` and ``export.json``.
+* ``"auto"`` (the default): ``peft`` when it holds the structure exactly,
+  else ``peft-bipeft``, else (full fine-tuning, or no peft installed)
+  ``bipeft``; :func:`choose_format` says which and why.
 
-:func:`load_peft` loads either back onto a fresh backbone. Every function
-that needs the module types takes ``plugins`` (a
+The peft formats carry the task head in ``modules_to_save`` and the peft
+``task_type`` of the model's class, so ``peft.PeftModel.from_pretrained``
+and the ``AutoPeftModelFor...`` classes load them. Every folder holds
+bipeft's ``structure.json`` and ``export.json``, so :func:`load_peft`
+rebuilds bipeft's own model from any of them but ``merged``; given a
+tokenizer, the folder also holds its files, and a model card
+(``README.md``) describes the export.
+
+Every function that needs the module types takes ``plugins`` (a
 :class:`~bipeft_core.plugins.Plugins` or its PEFT-module registry; default
 :func:`~bipeft_core.plugins.default_plugins`).
 """
@@ -36,28 +43,37 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from bipeft_core.errors import BipeftError, StructureError
+from bipeft_core.merge import merge_modules, merge_records
 from bipeft_core.structure import PeftModel, Structure, StructureEntry
 from bipeft_core.types import PeftExport
 
-__all__ = ["FORMATS", "choose_format", "export", "export_bipeft", "export_peft", "load_peft", "peft_refusal"]
+__all__ = ["FORMATS", "choose_format", "export", "export_bipeft", "export_merged", "export_peft",
+           "export_peft_bipeft", "load_peft", "merge_modules", "merge_refusal", "peft_refusal"]
 
-FORMATS = ("peft", "bipeft")
-EXPORT_VERSION = 1
+FORMATS = ("auto", "peft", "peft-bipeft", "merged", "bipeft")
+_WRITTEN_FORMATS = FORMATS[1:]
+EXPORT_VERSION = 2
 
 EXPORT_FILE = "export.json"
 STRUCTURE_FILE = "structure.json"
 ADAPTER_FILE = "adapter.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-_ALL_FILES = (EXPORT_FILE, STRUCTURE_FILE, ADAPTER_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
+CARD_FILE = "README.md"
+_ALL_FILES = (EXPORT_FILE, STRUCTURE_FILE, ADAPTER_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, CARD_FILE,
+              "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+              "merges.txt", "spiece.model", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+              "sentencepiece.bpe.model")
 
 _PEFT_PREFIX = "base_model.model."
+_TUNER_PREFIX = "base_model.bipeft.bipeft_modules."
 _FULL_PART = "full fine-tuning (backbone weights)"
 
 
@@ -102,8 +118,7 @@ def _prepare_folder(path: str | Path, overwrite: bool) -> Path:
                 f"export folder {str(path)!r} already exists and is not empty; give a new folder, "
                 "or pass overwrite=True to replace an earlier export there"
             )
-        for name in (*_ALL_FILES, "README.md"):
-            f = path / name
+        for f in [*(path / name for name in _ALL_FILES), *path.glob("model-*-of-*.safetensors")]:
             if f.is_file():
                 f.unlink()
     path.mkdir(parents=True, exist_ok=True)
@@ -336,7 +351,7 @@ def _peft_config(peft: Any, peft_model: PeftModel, registry: Any,
     values = _config_values(wanted)
     try:
         config = cls(**values, target_modules=sorted(wanted), modules_to_save=heads or None,
-                     base_model_name_or_path=base_model_name_or_path)
+                     base_model_name_or_path=base_model_name_or_path, task_type=task_type_of(model))
     except TypeError as exc:
         raise StructureError(f"peft's {cls.__name__} does not take the fields that module type {owner!r} "
                              f"gives ({exc}); fix the plugin's peft_export, or export with format='bipeft'"
@@ -399,18 +414,22 @@ def _peft_state(peft_model: PeftModel, records: Sequence[tuple[int, PeftExport]]
 
 
 def export_peft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
-                overwrite: bool = False, plugins: Any = None) -> Path:
-    """Write ``peft_model`` as a Hugging Face ``peft`` adapter.
+                overwrite: bool = False, plugins: Any = None, tokenizer: Any = None,
+                card: Mapping[str, Any] | None = None) -> Path:
+    """Write ``peft_model`` as a native Hugging Face ``peft`` adapter.
 
     Only for structures whose every module has a native peft form (its
     type's :meth:`~bipeft_core.interfaces.PeftModuleType.peft_export`; else a
     :class:`StructureError` names the other module types). Writes
-    ``adapter_config.json``, ``adapter_model.safetensors``, and bipeft's
-    ``structure.json`` and ``export.json``. Load with
-    ``peft.PeftModel.from_pretrained(base_model, path)`` (``base_model`` the
-    same architecture and backbone weights) or with :func:`load_peft`.
-    ``plugins``: where the module types come from (default
-    :func:`~bipeft_core.plugins.default_plugins`).
+    ``adapter_config.json`` (with the task head in ``modules_to_save`` and
+    the model's peft ``task_type``), ``adapter_model.safetensors``, bipeft's
+    ``structure.json`` and ``export.json``, the model card ``README.md`` and,
+    given a ``tokenizer``, its files. Load with
+    ``peft.PeftModel.from_pretrained(base_model, path)``, an
+    ``AutoPeftModelFor...`` class, or :func:`load_peft`. ``plugins``: where
+    the module types come from (default
+    :func:`~bipeft_core.plugins.default_plugins`); ``card``: what the model
+    card says about the run (see :func:`write_card`).
     """
     peft_model = _check_peft_model(peft_model)
     structure = peft_model.structure
@@ -418,9 +437,9 @@ def export_peft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_p
     unsupported = _unrepresentable(peft_model, registry)
     if unsupported:
         raise StructureError(
-            f"peft cannot represent this structure's {', '.join(unsupported)}; only structures made of "
-            "modules with a native peft form export to peft. Export with format='bipeft' and load it with "
-            "bipeft_core.load_peft(model, path)"
+            f"peft cannot represent this structure's {', '.join(unsupported)} natively; only structures made "
+            "of modules with a native peft form export to format='peft'. Export with format='peft-bipeft' "
+            "(a peft adapter of bipeft's registered peft method) or format='auto'"
         )
     peft = _import_peft()
     config, heads, records = _peft_config(peft, peft_model, registry, base_model_name_or_path)
@@ -429,18 +448,234 @@ def export_peft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_p
     config.save_pretrained(str(path))
     _save_tensors(state, path / PEFT_WEIGHTS_FILE, {"format": "pt"})
     structure.save(path / STRUCTURE_FILE)
-    _write_export_json(path, "peft", peft_model, [], weights=PEFT_WEIGHTS_FILE,
-                       base_model_name_or_path=base_model_name_or_path,
-                       extra={"peft_version": getattr(peft, "__version__", "?"), "modules_to_save": heads})
+    _finish(path, "peft", peft_model, [], weights=PEFT_WEIGHTS_FILE, base_model_name_or_path=base_model_name_or_path,
+            tokenizer=tokenizer, card=card,
+            extra={"peft_version": getattr(peft, "__version__", "?"), "modules_to_save": heads,
+                   "peft_type": str(config.peft_type.value), "task_type": config.task_type})
     return path
 
 
-# -- the bipeft format ------------------------------------------------------------------------
+# -- the peft-bipeft format: a peft adapter of bipeft's registered peft method -----------------
+
+
+_TASK_TYPES = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+               ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"),
+               ("ForConditionalGeneration", "SEQ_2_SEQ_LM"), ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"))
+
+
+def task_type_of(model: nn.Module) -> str | None:
+    """peft's ``task_type`` for ``model``'s class (``SEQ_CLS`` for a
+    ``...ForSequenceClassification``, ``SEQ_2_SEQ_LM`` for T5's
+    ``...ForConditionalGeneration``, ``CAUSAL_LM``, ...): what decides the
+    ``AutoPeftModelFor...`` class that loads the export; ``None`` for a
+    bare backbone (peft's plain ``PeftModel`` then)."""
+    name = type(model).__name__
+    return next((t for suffix, t in _TASK_TYPES if name.endswith(suffix)), None)
+
+
+def _tuner_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+    """The weights in the key layout peft writes for a ``BIPEFT`` adapter:
+    module ``i``'s parameter ``p`` under ``base_model.bipeft.bipeft_modules.<i>.<p>``
+    (peft drops the adapter name), the task head under
+    ``base_model.model.<parameter name>``."""
+    out = {f"{_TUNER_PREFIX}{k}": v.detach() for k, v in peft_model.peft.state_dict().items()}
+    params = dict(peft_model.model.named_parameters())
+    for n in peft_model.head_names:
+        out[f"{_PEFT_PREFIX}{n}"] = params[n].detach()
+    return out
+
+
+def export_peft_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
+                       overwrite: bool = False, plugins: Any = None, tokenizer: Any = None,
+                       card: Mapping[str, Any] | None = None, plugin_modules: Sequence[str] = ()) -> Path:
+    """Write ``peft_model`` as a peft adapter of bipeft's own peft method
+    ``BIPEFT`` (:mod:`bipeft_core.peft_tuner`), for any structure of PEFT
+    modules. ``peft.PeftModel.from_pretrained`` and the ``AutoPeftModelFor...``
+    classes load it once ``bipeft_core`` is imported. ``plugin_modules``:
+    import names of third-party plugin modules (not installed through the
+    ``bipeft`` entry point) whose module types the structure uses; the
+    config records them and the loader imports them. Full fine-tuning is
+    refused (it is no adapter: use ``format='bipeft'`` or ``'merged'``)."""
+    from bipeft_core.peft_tuner import BipeftTunerConfig
+
+    peft_model = _check_peft_model(peft_model)
+    structure = peft_model.structure
+    if structure.full:
+        raise StructureError("a full fine-tuning structure is no peft adapter; export it with format='merged' "
+                             "(a plain transformers model) or format='bipeft'")
+    peft = _import_peft()
+    _unrepresentable(peft_model, _registry_of(plugins))  # a plugin's malformed peft_export fails here, not later
+    model = peft_model.model
+    heads = _head_modules(model, peft_model.head_names)
+    sites = sorted({site for e in structure.entries for _, site in e.spec.sites})
+    config = BipeftTunerConfig(structure=structure.to_dict(), modules_to_save=heads or None, target_modules=sites,
+                               plugins=list(plugin_modules) or None, task_type=task_type_of(model),
+                               base_model_name_or_path=base_model_name_or_path)
+    state = _tuner_state(peft_model)
+    path = _prepare_folder(path, overwrite)
+    config.save_pretrained(str(path))
+    _save_tensors(state, path / PEFT_WEIGHTS_FILE, {"format": "pt"})
+    structure.save(path / STRUCTURE_FILE)
+    _finish(path, "peft-bipeft", peft_model, _unrepresentable(peft_model, _registry_of(plugins)),
+            weights=PEFT_WEIGHTS_FILE, base_model_name_or_path=base_model_name_or_path, tokenizer=tokenizer,
+            card=card, extra={"peft_version": getattr(peft, "__version__", "?"), "modules_to_save": heads,
+                              "peft_type": "BIPEFT", "task_type": config.task_type})
+    return path
+
+
+# -- the merged format ------------------------------------------------------------------------
+
+
+def merge_refusal(peft_model: PeftModel, plugins: Any = None) -> str | None:
+    """Why ``peft_model``'s structure cannot be merged into its backbone
+    (the modules that cannot be folded, each with its reason), or ``None``."""
+    peft_model = _check_peft_model(peft_model)
+    _, refused = merge_records(peft_model.model, list(peft_model.peft), _registry_of(plugins))
+    if refused:
+        return "these modules cannot be folded into the backbone's weights: " + "; ".join(refused)
+    return None
+
+
+def export_merged(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
+                  overwrite: bool = False, plugins: Any = None, tokenizer: Any = None,
+                  card: Mapping[str, Any] | None = None) -> Path:
+    """Fold every module into a copy of the backbone (each type's
+    :meth:`~bipeft_core.interfaces.PeftModuleType.merged_weights`) and save
+    it as a plain transformers model (``save_pretrained``, safetensors) with
+    the trained task head: ``AutoModelFor...from_pretrained(path)`` loads it,
+    with no inference overhead. ``peft_model`` is left as it was. Refused,
+    naming the modules, when one cannot be folded (a nonlinear adapter, a
+    prefix, a bias on a layer that has none)."""
+    import copy
+
+    peft_model = _check_peft_model(peft_model)
+    registry = _registry_of(plugins)
+    why = merge_refusal(peft_model, registry)
+    if why is not None:
+        raise StructureError(f"cannot merge this structure: {why}; export with format='peft-bipeft' or "
+                             "format='bipeft' instead")
+    model = peft_model.model
+    if not hasattr(model, "save_pretrained"):
+        raise StructureError(f"a merged export saves a transformers model; {type(model).__name__} has no "
+                             "save_pretrained: export with format='bipeft'")
+    peft_model.detach_hooks()
+    try:
+        merged = copy.deepcopy(model)
+    finally:
+        for m in peft_model.peft:
+            cast(Any, m).attach(model)
+    copies = {name: p for name, p in merged.named_parameters()}
+    deltas, _ = merge_records(model, list(peft_model.peft), registry)
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            copies[name].add_(delta.to(copies[name].dtype))
+    for p in merged.parameters():
+        p.requires_grad_(True)
+    path = _prepare_folder(path, overwrite)
+    cast(Any, merged).save_pretrained(str(path), safe_serialization=True)
+    peft_model.structure.save(path / STRUCTURE_FILE)
+    weights = "model.safetensors" if (path / "model.safetensors").is_file() else "config.json"
+    _finish(path, "merged", peft_model, [], weights=weights, base_model_name_or_path=base_model_name_or_path,
+            tokenizer=tokenizer, card=card, extra={"merged_modules": len(peft_model.peft)})
+    return path
+
+
+# -- the bipeft format, and what every format writes ------------------------------------------
+
+
+def _finish(path: Path, fmt: str, peft_model: PeftModel, unsupported: list[str], *, weights: str,
+            base_model_name_or_path: str | None, tokenizer: Any, card: Mapping[str, Any] | None,
+            extra: Mapping[str, Any] | None = None) -> None:
+    """The tokenizer files, the model card and, last, ``export.json``."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    write_card(path / CARD_FILE, fmt, peft_model, base_model_name_or_path, card)
+    _write_export_json(path, fmt, peft_model, unsupported, weights=weights,
+                       base_model_name_or_path=base_model_name_or_path, extra=extra,
+                       resolved=(card or {}).get("resolved_base_model"))
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_card(path: Path, fmt: str, peft_model: PeftModel, base_model_name_or_path: str | None,
+               card: Mapping[str, Any] | None) -> None:
+    """The model card ``README.md``: the Hugging Face metadata header
+    (``base_model``, ``library_name``, ``tags``, the task and its metric
+    as ``model-index`` results when known), then how to load the folder, the
+    structure table, the budget and exact count, the search settings and the
+    test metric. ``card`` (all optional): ``task`` (a name, e.g. ``stsb``),
+    ``pipeline_tag``, ``metric`` (its name), ``metric_value`` (the test
+    metric), ``budget`` (the parameter budget), ``search`` (a mapping of
+    search settings), ``resolved_base_model`` (the path the run loaded)."""
+    from bipeft_core.report import structure_table
+
+    card = dict(card or {})
+    structure = peft_model.structure
+    library = "transformers" if fmt == "merged" else ("bipeft" if fmt == "bipeft" else "peft")
+    types = sorted({e.spec.type for e in structure.entries})
+    tags = ["bipeft", "peft", *types] if fmt != "merged" else ["bipeft", "merged", *types]
+    task = card.get("task")
+    if task:
+        tags.append(str(task))
+    head = ["---"]
+    if base_model_name_or_path:
+        head.append(f"base_model: {_yaml_value(base_model_name_or_path)}")
+    head.append(f"library_name: {library}")
+    if card.get("pipeline_tag"):
+        head.append(f"pipeline_tag: {card['pipeline_tag']}")
+    head.append("tags:")
+    head += [f"- {_yaml_value(t)}" for t in tags]
+    if task and card.get("metric") and card.get("metric_value") is not None:
+        head += ["model-index:", f"- name: {_yaml_value(f'bipeft-{task}')}", "  results:",
+                 "  - task:", f"      type: {_yaml_value(card.get('pipeline_tag') or 'text-classification')}",
+                 "    dataset:", f"      name: {_yaml_value(str(task))}", f"      type: {_yaml_value(str(task))}",
+                 "    metrics:", f"    - type: {_yaml_value(str(card['metric']))}",
+                 f"      value: {float(card['metric_value']):.6g}"]
+    head.append("---")
+    budget = card.get("budget", structure.budget)
+    count = structure.count()
+    lines = [*head, "", f"# bipeft structure{f' for {task}' if task else ''}", "",
+             f"A parameter-efficient fine-tuning structure found by bipeft (format `{fmt}`), "
+             f"{len(structure.entries)} modules of {', '.join(types) or 'no'} type(s), "
+             f"{count:,} trainable parameters besides the task head"
+             + (f" for a budget of {int(budget):,}" + (f" ({count / budget:.1%} used)" if budget else "")
+                if budget is not None else "") + ".", ""]
+    if card.get("metric") and card.get("metric_value") is not None:
+        lines += [f"Test {card['metric']}: {float(card['metric_value']):.4f}", ""]
+    lines += ["## Loading", "", "```python", *_loading_snippet(fmt, peft_model.model), "```", ""]
+    lines += ["## Structure", "", "```", structure_table(structure, budget), "```", ""]
+    search = card.get("search")
+    if search:
+        lines += ["## Search settings", "", "| setting | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in search.items()]
+        lines.append("")
+    if card.get("resolved_base_model") and card.get("resolved_base_model") != base_model_name_or_path:
+        lines += [f"The run loaded the base model from `{card['resolved_base_model']}`.", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _loading_snippet(fmt: str, model: nn.Module) -> list[str]:
+    task = task_type_of(model)
+    auto = {"SEQ_CLS": "SequenceClassification", "TOKEN_CLS": "TokenClassification",
+            "QUESTION_ANS": "QuestionAnswering", "CAUSAL_LM": "CausalLM", "SEQ_2_SEQ_LM": "Seq2SeqLM"}.get(task or "")
+    if fmt == "merged":
+        cls = f"AutoModelFor{auto}" if auto else "AutoModel"
+        return [f"from transformers import {cls}", f'model = {cls}.from_pretrained("<this folder>")']
+    if fmt == "bipeft":
+        return ["from bipeft_core import load_peft",
+                'model = load_peft(base_model, "<this folder>")  # base_model: the same architecture and weights']
+    cls = f"AutoPeftModelFor{auto}" if auto else "AutoPeftModel"
+    first = ["import bipeft_core  # registers bipeft's peft method"] if fmt == "peft-bipeft" else []
+    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    extra = f", num_labels={labels}" if task in ("SEQ_CLS", "TOKEN_CLS") and labels else ""
+    return [*first, f"from peft import {cls}", f'model = {cls}.from_pretrained("<this folder>"{extra})']
 
 
 def _write_export_json(path: Path, fmt: str, peft_model: PeftModel, unsupported: list[str], *,
                        weights: str, base_model_name_or_path: str | None,
-                       extra: Mapping[str, Any] | None = None) -> None:
+                       extra: Mapping[str, Any] | None = None, resolved: str | None = None) -> None:
     model = peft_model.model
     data = {
         "format": fmt,
@@ -449,6 +684,7 @@ def _write_export_json(path: Path, fmt: str, peft_model: PeftModel, unsupported:
         "model_class": type(model).__name__,
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         "base_model_name_or_path": base_model_name_or_path,
+        "resolved_base_model": resolved,
         "modules_by_type": dict(Counter(e.spec.type for e in peft_model.structure.entries)),
         "full_fine_tuning": peft_model.structure.full,
         "head_parameters": list(peft_model.head_names),
@@ -461,40 +697,50 @@ def _write_export_json(path: Path, fmt: str, peft_model: PeftModel, unsupported:
 
 
 def export_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_name_or_path: str | None = None,
-                  overwrite: bool = False, plugins: Any = None) -> Path:
+                  overwrite: bool = False, plugins: Any = None, tokenizer: Any = None,
+                  card: Mapping[str, Any] | None = None) -> Path:
     """Write ``peft_model`` in bipeft's own format (any structure):
     ``structure.json``, ``adapter.safetensors`` (module weights ``peft.<i>.*``,
     task head ``head.<name>``, backbone ``backbone.<name>`` for full
-    fine-tuning) and ``export.json`` (whose ``peft_cannot_represent`` asks the
-    module types of ``plugins``). Load with :func:`load_peft`."""
+    fine-tuning), the model card, the tokenizer's files when given, and
+    ``export.json`` (whose ``peft_cannot_represent`` asks the module types of
+    ``plugins``). Load with :func:`load_peft`."""
     peft_model = _check_peft_model(peft_model)
     unsupported = _unrepresentable(peft_model, _registry_of(plugins))
     path = _prepare_folder(path, overwrite)
     peft_model.structure.save(path / STRUCTURE_FILE)
     _save_tensors(peft_model.trainable_state_dict(), path / ADAPTER_FILE,
                   {"format": "pt", "bipeft_format": "bipeft", "bipeft_version": _version()})
-    _write_export_json(path, "bipeft", peft_model, unsupported, weights=ADAPTER_FILE,
-                       base_model_name_or_path=base_model_name_or_path)
+    _finish(path, "bipeft", peft_model, unsupported, weights=ADAPTER_FILE,
+            base_model_name_or_path=base_model_name_or_path, tokenizer=tokenizer, card=card)
     return path
 
 
-def export(peft_model: PeftModel, path: str | Path, format: str = "peft", *,
-           base_model_name_or_path: str | None = None, overwrite: bool = False, plugins: Any = None) -> Path:
-    """Export in ``format`` (``"peft"`` or ``"bipeft"``); see
-    :func:`export_peft` and :func:`export_bipeft`."""
+_WRITERS = {"peft": export_peft, "peft-bipeft": export_peft_bipeft, "merged": export_merged,
+            "bipeft": export_bipeft}
+
+
+def export(peft_model: PeftModel, path: str | Path, format: str = "auto", *,
+           base_model_name_or_path: str | None = None, overwrite: bool = False, plugins: Any = None,
+           tokenizer: Any = None, card: Mapping[str, Any] | None = None) -> Path:
+    """Export in ``format``: ``"auto"`` (the default; :func:`choose_format`
+    picks), ``"peft"``, ``"peft-bipeft"``, ``"merged"`` or ``"bipeft"``;
+    see :func:`export_peft`, :func:`export_peft_bipeft`,
+    :func:`export_merged` and :func:`export_bipeft`."""
     fmt = str(format).lower()
-    if fmt == "peft":
-        return export_peft(peft_model, path, base_model_name_or_path=base_model_name_or_path, overwrite=overwrite,
-                           plugins=plugins)
-    if fmt == "bipeft":
-        return export_bipeft(peft_model, path, base_model_name_or_path=base_model_name_or_path,
-                             overwrite=overwrite, plugins=plugins)
-    raise BipeftError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt, _ = choose_format(peft_model, plugins)
+    if fmt not in _WRITERS:
+        raise BipeftError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    return _WRITERS[fmt](peft_model, path, base_model_name_or_path=base_model_name_or_path,  # type: ignore[operator]
+                         overwrite=overwrite, plugins=plugins, tokenizer=tokenizer, card=card)
 
 
 def choose_format(peft_model: PeftModel, plugins: Any = None) -> tuple[str, str | None]:
-    """The format an export without a named one uses: ``("peft", None)``
-    when peft can hold the structure, else ``("bipeft", why not peft)``."""
+    """The format ``format="auto"`` uses, and why not native peft
+    (``None`` when native): ``"peft"`` when peft holds the structure exactly
+    in a native config, else ``"peft-bipeft"`` (bipeft's registered peft
+    method), else ``"bipeft"`` (full fine-tuning, or peft not installed)."""
     registry = _registry_of(plugins)
     why = peft_refusal(peft_model, registry)
     if why is None:
@@ -503,7 +749,15 @@ def choose_format(peft_model: PeftModel, plugins: Any = None) -> tuple[str, str 
             _peft_config(peft, peft_model, registry, None)
         except StructureError as exc:
             why = str(exc)
-    return ("peft", None) if why is None else ("bipeft", why)
+    if why is None:
+        return "peft", None
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return "bipeft", why
+    if peft_model.structure.full:
+        return "bipeft", why
+    return "peft-bipeft", why
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -515,9 +769,9 @@ def _read_export_json(path: Path) -> dict[str, Any]:
         data = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise StructureError(f"{str(f)!r} is not valid JSON ({exc}); the export is corrupt, export again") from None
-    if not isinstance(data, dict) or data.get("format") not in FORMATS:
+    if not isinstance(data, dict) or data.get("format") not in _WRITTEN_FORMATS:
         raise StructureError(f"{str(f)!r} is not a bipeft export description (its 'format' must be one of "
-                             f"{list(FORMATS)}); the file was edited or is corrupt")
+                             f"{list(_WRITTEN_FORMATS)}); the file was edited or is corrupt")
     version = data.get("version")
     if not isinstance(version, int) or version > EXPORT_VERSION:
         raise StructureError(f"export format version {version!r} in {str(f)!r} is not one this bipeft "
@@ -555,6 +809,22 @@ def _from_peft_layout(state: Mapping[str, torch.Tensor], pm: PeftModel, registry
             out[f"head.{n}"] = state.pop(key)
     if state:
         raise StructureError(f"the peft weights hold keys bipeft does not place: {sorted(state)[:5]}")
+    return out
+
+
+def _from_tuner_layout(state: Mapping[str, torch.Tensor], pm: PeftModel) -> dict[str, torch.Tensor]:
+    """The ``BIPEFT`` peft method's key layout (:func:`_tuner_state`) back to
+    :meth:`PeftModel.trainable_state_dict`'s."""
+    out: dict[str, torch.Tensor] = {}
+    heads = {f"{_PEFT_PREFIX}{n}": n for n in pm.head_names}
+    for key, v in state.items():
+        if key.startswith(_TUNER_PREFIX):
+            out["peft." + key[len(_TUNER_PREFIX):]] = v
+        elif key in heads:
+            out[f"head.{heads[key]}"] = v
+        else:
+            raise StructureError(f"the peft weights hold a key bipeft does not place: {key!r}; the folder was "
+                                 "edited or is corrupt")
     return out
 
 
@@ -596,6 +866,10 @@ def load_peft(model: nn.Module, path: str | Path, plugins: Any = None) -> PeftMo
         raise StructureError(f"{str(path)!r} is not a bipeft export (no {EXPORT_FILE}); give a folder written "
                              "by bipeft_core.export(...), or export again if it was interrupted")
     info = _read_export_json(path)
+    if info["format"] == "merged":
+        raise StructureError(f"{str(path)!r} is a merged export: a plain transformers model with the modules "
+                             "folded in; load it with transformers, e.g. "
+                             "AutoModelForSequenceClassification.from_pretrained(path)")
     structure = Structure.load(path / STRUCTURE_FILE)
     weights = path / (ADAPTER_FILE if info["format"] == "bipeft" else PEFT_WEIGHTS_FILE)
     state = _load_tensors(weights)
@@ -604,6 +878,8 @@ def load_peft(model: nn.Module, path: str | Path, plugins: Any = None) -> PeftMo
     try:
         if info["format"] == "peft":
             state = _from_peft_layout(state, pm, registry)
+        elif info["format"] == "peft-bipeft":
+            state = _from_tuner_layout(state, pm)
         _check_state(state, pm, weights)
         pm.load_trainable_state_dict(state)
     except BaseException:

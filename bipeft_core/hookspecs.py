@@ -82,6 +82,14 @@ def bipeft_default_model() -> str | None:
     to get it. Called each time the default is needed."""
 
 
+@hookspec(firstresult=True)
+def bipeft_default_model_id() -> str | None:
+    """The public name (a Hugging Face hub id) of the model that
+    ``bipeft_default_model`` provides, or ``None``. Exports record it as
+    their ``base_model_name_or_path`` instead of the local folder the model
+    was loaded from, so the export loads wherever the hub is reachable."""
+
+
 # -- events ------------------------------------------------------------------------
 
 

@@ -121,6 +121,22 @@ class PeftModuleType(ABC):
         """
         return None
 
+    def merged_weights(self, spec: ModuleSpec, rank: int | None, module: nn.Module,
+                       model: nn.Module) -> Mapping[str, torch.Tensor] | None:
+        """What folding the kept ``module`` into the backbone adds to its own
+        parameters: full parameter names of ``model`` (e.g.
+        ``bert.encoder.layer.0.attention.self.query.weight``) to a tensor of
+        that parameter's shape, so that the backbone with these added and
+        the module removed computes what the two compute together. ``None``
+        (the default): the module is not a linear change of the backbone's
+        weights (a nonlinear adapter, a prefix) and cannot be folded. Raise
+        :class:`~bipeft_core.errors.StructureError` with the reason when this
+        module cannot be folded where another of its type could (a bias
+        vector on a layer that has no bias). Pure: it changes neither the
+        module nor the model. Used by ``bipeft export --format merged``.
+        """
+        return None
+
 
 class SearchSpace(ABC):
     """Which module types may go at which positions, at which ranks."""

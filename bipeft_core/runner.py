@@ -95,6 +95,17 @@ def default_model_path(plugins: Any = None) -> str:
     return str(path)
 
 
+def default_model_id(plugins: Any = None) -> str | None:
+    """The public name (hub id) of the default model, from the plugin hook
+    ``bipeft_default_model_id`` (the built-in one:
+    ``sentence-transformers/all-MiniLM-L6-v2``); ``None`` when no plugin
+    names one."""
+    from bipeft_core.plugins import default_plugins
+
+    plugins = plugins if plugins is not None else default_plugins()
+    return plugins.hook.bipeft_default_model_id()
+
+
 #: Files of which a model folder needs at least one to hold a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "tokenizer.model", "sentencepiece.bpe.model")

@@ -334,20 +334,56 @@ def test_resume_applies_a_flag_to_a_stage_not_started_and_refuses_it_for_a_finis
 
 def test_export_without_a_format_picks_one_that_holds_the_structure(lora_run, tiny_model_dir, data_dir, tmp_path,
                                                                     capsys):
-    pytest.importorskip("peft")
+    peft = pytest.importorskip("peft")
     assert cli.main(["export", str(lora_run), "--out", str(tmp_path / "a")]) == 0
-    assert "peft format (the default" in capsys.readouterr().out
-    assert (tmp_path / "a" / "adapter_config.json").is_file()
-    run = tmp_path / "run"  # BIPEFT's structure: LoRA with other module types, which peft cannot hold
+    assert "peft format (chosen by --format auto: native peft" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    run = tmp_path / "run"  # BIPEFT's structure: LoRA with other module types, which native peft cannot hold
     assert cli.main(run_args(tiny_model_dir, run, "--data-dir", str(data_dir))) == 0
     capsys.readouterr()
     assert cli.main(["export", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert "bipeft format (the default, as peft cannot hold this structure" in printed
-    assert (run / "export-bipeft" / "export.json").is_file()
+    assert "peft-bipeft format (chosen by --format auto, as native peft cannot hold this structure" in printed
+    out = run / "export-peft-bipeft"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "BIPEFT" and config["task_type"] == "SEQ_CLS"
+    # the base model as the spec gave it, the resolved path only in bipeft's own metadata
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    assert (out / "README.md").read_text().startswith("---\nbase_model:")
+    assert (out / "tokenizer_config.json").is_file()
+    # the folder loads in peft with the logits of bipeft's own model
+    from safetensors.torch import load_file
+
+    from bipeft_core import load_plugins
+
+    base, batch = _model_and_batch(tiny_model_dir)
+    ours = Structure.load(run / "structure.json").build(base, load_plugins(entry_points=False).peft_modules).eval()
+    ours.load_trainable_state_dict(load_file(str(run / "retrain" / "adapter.safetensors")))
+    fresh, _ = _model_and_batch(tiny_model_dir)
+    theirs = peft.PeftModel.from_pretrained(fresh, str(out)).eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=0)
     assert cli.main(["export", str(run)]) == cli.EXIT_USAGE  # the folder is taken ...
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["export", str(run), "--overwrite"]) == 0  # ... and replaced on purpose
+
+
+def test_export_merged_loads_as_a_plain_transformers_model(lora_run, tiny_model_dir, tmp_path, capsys):
+    import transformers as T
+    from safetensors.torch import load_file
+
+    from bipeft_core import load_plugins
+
+    assert cli.main(["export", str(lora_run), "--format", "merged", "--out", str(tmp_path / "m")]) == 0
+    assert "merged format" in capsys.readouterr().out
+    merged = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    base, batch = _model_and_batch(tiny_model_dir)
+    ours = Structure.load(lora_run / "structure.json").build(base, load_plugins(entry_points=False).peft_modules)
+    ours.load_trainable_state_dict(load_file(str(lora_run / "retrain" / "adapter.safetensors")))
+    ours.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=0)
+    assert T.AutoTokenizer.from_pretrained(tmp_path / "m") is not None
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):

@@ -202,9 +202,9 @@ def test_bipeft_round_trip_mixed_structure(plugins, tmp_path):
     assert not torch.allclose(want, _logits(tiny_model("bert"), batch), atol=1e-3)
 
     out = export_bipeft(pm, tmp_path / "b")
-    assert {p.name for p in out.iterdir()} == {"structure.json", "adapter.safetensors", "export.json"}
+    assert {p.name for p in out.iterdir()} == {"structure.json", "adapter.safetensors", "export.json", "README.md"}
     info = json.loads((out / "export.json").read_text())
-    assert info["format"] == "bipeft" and info["version"] == 1
+    assert info["format"] == "bipeft" and info["version"] == 2
     assert info["peft_cannot_represent"] == ["adapter_lr modules", "bitfit modules", "lnfit modules"]
 
     loaded = load_peft(tiny_model("bert"), out, plugins=plugins)
@@ -239,7 +239,7 @@ def test_non_lora_structure_refused_as_peft(plugins, tmp_path):
     with pytest.raises(StructureError) as err:
         export(pm, tmp_path / "x", format="peft")
     msg = str(err.value)
-    for part in ("adapter_lr modules", "bitfit modules", "lnfit modules", "format='bipeft'"):
+    for part in ("adapter_lr modules", "bitfit modules", "lnfit modules", "format='peft-bipeft'"):
         assert part in msg
     assert "lora" not in msg.split("represent")[1].split(";")[0]
     assert not (tmp_path / "x").exists()
@@ -275,7 +275,7 @@ def test_existing_folder_is_not_overwritten(plugins, tmp_path):
     export(pm, target, format="peft", overwrite=True)
     export(pm, target, format="bipeft", overwrite=True)
     names = {p.name for p in target.iterdir()}
-    assert names == {"notes.txt", "structure.json", "adapter.safetensors", "export.json"}
+    assert names == {"notes.txt", "structure.json", "adapter.safetensors", "export.json", "README.md"}
     batch = tiny_batch(pm.model)
     torch.testing.assert_close(_logits(load_peft(tiny_model("bert"), target, plugins), batch),
                                _logits(pm, batch), atol=ATOL, rtol=0)
@@ -400,8 +400,9 @@ def test_a_module_type_without_peft_export_is_refused_by_name(plugins, tmp_path)
     types = _Types(plugins, plain)
     pm = _build(plugins, types, "plain_lora", [4, 1])
     assert peft_refusal(pm, types) == "peft cannot represent its plain_lora modules"
-    assert choose_format(pm, types) == ("bipeft", "peft cannot represent its plain_lora modules")
-    with pytest.raises(StructureError, match=r"cannot represent this structure's plain_lora modules; .*format='bipeft'"):
+    assert choose_format(pm, types) == ("peft-bipeft", "peft cannot represent its plain_lora modules")
+    with pytest.raises(StructureError,
+                       match=r"cannot represent this structure's plain_lora modules natively; .*format='peft-bipeft'"):
         export(pm, tmp_path / "x", format="peft", plugins=types)
     out = export_bipeft(pm, tmp_path / "b", plugins=types)
     assert json.loads((out / "export.json").read_text())["peft_cannot_represent"] == ["plain_lora modules"]

@@ -27,6 +27,12 @@ def bipeft_default_model() -> str:
 
 
 @hookimpl
+def bipeft_default_model_id() -> str:
+    """The hub id of that model, which exports name as their base model."""
+    return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@hookimpl
 def bipeft_default_spec() -> dict[str, Any]:
     data = read_spec_file(DEFAULT_SPEC)
     if "task" in data.get("model", {}):

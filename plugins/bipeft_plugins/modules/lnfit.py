@@ -2,7 +2,7 @@
 weight, i.e. output ``LN(x) + δ·x̂`` with ``x̂`` the normalised input.
 
 Works for ``nn.LayerNorm`` and RMS-style norms (T5, Llama). Count: the
-normalised width.
+normalised width. It merges into the norm's own weight.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bipeft_core.errors import StructureError
 from bipeft_core.hookspecs import hookimpl
 from bipeft_core.modules import PeftModule
 from bipeft_plugins.modules._vector import VectorModuleType
@@ -49,6 +50,17 @@ class LNFit(VectorModuleType):
     name = "lnfit"
     site_kind = "norm"
     module_class = LNFitModule
+
+    def merged_weights(self, spec, rank, module, model):
+        """``δ`` added to the norm's own weight (``LN(x) + δ·x̂ = (w + δ)·x̂ + b``);
+        a norm without a weight of its own cannot take it."""
+        target = spec.site("target")
+        norm = model.get_submodule(target)
+        weight = getattr(norm, "weight", None)
+        if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != tuple(module.scale.shape):
+            raise StructureError(f"its target {target!r} has no weight of width {module.scale.numel()} to fold "
+                                 "the LNFit scale into")
+        return {f"{target}.weight": module.scale.detach().float()}
 
 
 @hookimpl

@@ -7,7 +7,7 @@ at every candidate rank, so the entangled slices share one scale).
 
 Its native peft form is peft's own LoRA (:meth:`LoRA.peft_export`): the same
 ``lora_A`` / ``lora_B`` weights, ``lora_alpha = scale · r``, one adapter per
-target layer.
+target layer. It merges into the target's weight as ``W + scale·B·A``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,17 @@ class LoRA(PeftModuleType):
             patterns={"r": "rank_pattern", "lora_alpha": "alpha_pattern"},
             weights={"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"},
         )
+
+
+    def merged_weights(self, spec, rank, module, model):
+        """``scale · B·A`` added to the target's weight (transposed for GPT-2's
+        ``Conv1D``, which stores it as ``(in, out)``)."""
+        target = spec.site("target")
+        layer = model.get_submodule(target)
+        delta = (module.lora_B.detach().float() @ module.lora_A.detach().float()) * float(module.scale)
+        if type(layer).__name__ == "Conv1D":
+            delta = delta.T
+        return {f"{target}.weight": delta}
 
 
 def _whole_if_whole(x: float) -> int | float:
