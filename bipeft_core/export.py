@@ -630,7 +630,9 @@ def write_card(path: Path, fmt: str, peft_model: PeftModel, base_model_name_or_p
     if task and card.get("metric") and card.get("metric_value") is not None:
         head += ["model-index:", f"- name: {_yaml_value(f'bipeft-{task}')}", "  results:",
                  "  - task:", f"      type: {_yaml_value(card.get('pipeline_tag') or 'text-classification')}",
-                 "    dataset:", f"      name: {_yaml_value(str(task))}", f"      type: {_yaml_value(str(task))}",
+                 "    dataset:", f"      name: {_yaml_value(str(task))}",
+                 f"      type: {_yaml_value(str(task).split('/')[0])}",
+                 *([f"      config: {_yaml_value(str(task).split('/', 1)[1])}"] if "/" in str(task) else []),
                  "    metrics:", f"    - type: {_yaml_value(str(card['metric']))}",
                  f"      value: {float(card['metric_value']):.6g}"]
     head.append("---")
