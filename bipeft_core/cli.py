@@ -85,7 +85,14 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 #: The options that change the spec, as (attribute, flag).
 SPEC_FLAGS = (("spec", "--spec"), ("task", "--task"), ("model", "--model"), ("budget", "--budget"),
               ("space", "--space"), ("epochs", "--epochs"), ("seed", "--seed"), ("max_train", "--max-train"),
-              ("set", "--set"))
+              ("train_file", "--train-file"), ("validation_file", "--validation-file"), ("test_file", "--test-file"),
+              ("text_columns", "--text-columns"), ("label_column", "--label-column"), ("metric", "--metric"),
+              ("task_kind", "--task-kind"), ("set", "--set"))
+
+#: The own-data options, as (attribute, key of the spec's [data] table).
+DATA_FLAGS = (("train_file", "train_file"), ("validation_file", "validation_file"), ("test_file", "test_file"),
+              ("text_columns", "text_columns"), ("label_column", "label_column"), ("metric", "metric"),
+              ("task_kind", "kind"))
 
 
 def _given_flags(args: argparse.Namespace) -> list[str]:
@@ -113,15 +120,22 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None, plu
         if isinstance(data.get("budget"), (str, int)):
             data["budget"] = {"value": data["budget"]}
     else:
-        if not args.task:
-            raise BipeftError("give a task (--task stsb) or a spec (--spec FILE)")
-        data = default_spec(args.task, plugins)
+        if not args.task and not getattr(args, "train_file", None):
+            raise BipeftError("give a task (--task stsb), your own data (--train-file FILE --text-columns a,b "
+                              "--label-column y) or a spec (--spec FILE)")
+        data = default_spec(args.task or None, plugins)
     from_default = not args.spec and base is None
     default_optimizer = _component_name(data.get("search", {}).get("optimizer")) if from_default else None
     if args.task:
         _set(data, "model.task", args.task)
     if args.model:
         _set(data, "model.name_or_path", args.model)
+    for attr, key in DATA_FLAGS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            if attr == "text_columns":
+                value = [c.strip() for c in str(value).split(",") if c.strip()]
+            _set(data, f"data.{key}", os.path.abspath(str(value)) if attr.endswith("_file") else value)
     if args.budget:
         data["budget"] = {"value": args.budget}
     if args.space:
@@ -162,7 +176,8 @@ def _pipeline(args: argparse.Namespace, plugins: Any) -> Any:
 
 
 def _default_out(pipeline: Any) -> Path:
-    task = (pipeline.model.task or "task").replace("/", "-")
+    task = (pipeline.model.task or pipeline.data.name
+            or (Path(pipeline.data.train_file).stem if pipeline.data.given else "task")).replace("/", "-")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     budget = str(pipeline.budget).replace("%", "pct")
     return Path("runs") / f"{task}-{pipeline.optimizer.name}-{budget}-s{pipeline.search_settings.seed}-{stamp}"
@@ -359,7 +374,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     from bipeft_core.export import choose_format, export
     from bipeft_core.runner import Run, check_model_path, default_model_id, default_model_path
     from bipeft_core.structure import Structure
-    from bipeft_core.tasks import get_task, load_task_model
+    from bipeft_core.tasks import load_task_model, task_of
 
     run = Run.open(args.result)
     weights = run.folder / "retrain" / "adapter.safetensors"
@@ -370,7 +385,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     plugins = pipe.get_plugins()
     given = pipe.model.name_or_path
     model_path = check_model_path(given or default_model_path(plugins))
-    task = get_task(str(pipe.model.task), plugins)
+    task = task_of(pipe, plugins)
     model = load_task_model(model_path, task)
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
@@ -485,6 +500,17 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spec", help="a TOML pipeline spec (docs/specs.md); without it the embedded default is used")
     g.add_argument("--task", help="task name, e.g. stsb, mrpc, glue/rte, superglue/cb")
     g.add_argument("--model", help="a local model folder or a hub id (default: MiniLM from bipeft[demo])")
+    g.add_argument("--train-file", help="your own data instead of --task: a CSV, JSON or JSON Lines file "
+                                        "(docs/own-data.md)")
+    g.add_argument("--validation-file", help="own data: the validation file (default: split from the training file)")
+    g.add_argument("--test-file", help="own data: the test file (default: split from what is given)")
+    g.add_argument("--text-columns", help="own data: one or two text columns, comma-separated (default: text)")
+    g.add_argument("--label-column", help="own data: the label column (default: label)")
+    g.add_argument("--metric", help="own data: accuracy, f1, matthews_correlation, pearsonr or spearmanr "
+                                    "(default: accuracy, or pearsonr for numeric labels)")
+    g.add_argument("--task-kind", choices=("auto", "classification", "regression"),
+                   help="own data: what the label is (default auto: regression when the labels are numbers "
+                        "with fractions)")
     g.add_argument("--budget", help="e.g. 0.1%%, 1.39bp, 22565")
     g.add_argument("--space", help="search space name (s1, s2, ...)")
     g.add_argument("--epochs", type=int, help="search and re-train epochs")

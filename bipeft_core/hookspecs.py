@@ -83,6 +83,18 @@ def bipeft_default_model() -> str | None:
 
 
 @hookspec(firstresult=True)
+def bipeft_task_from_data(data: dict[str, Any]) -> Any:
+    """A task (a :class:`bipeft_core.tasks.Task`) made of the user's own
+    data files: ``data`` is the spec's ``[data]`` table
+    (:class:`bipeft_core.spec.DataSpec` as a dict: ``train_file`` and
+    optionally ``validation_file``, ``test_file``, ``text_columns``,
+    ``label_column``, ``kind``, ``metric``, ``name``). The first plugin that
+    returns a task wins; raise :class:`bipeft_core.BipeftError` (a
+    ``DataError`` or ``SpecError``) naming the file and the fix for data it
+    cannot read."""
+
+
+@hookspec(firstresult=True)
 def bipeft_default_model_id() -> str | None:
     """The public name (a Hugging Face hub id) of the model that
     ``bipeft_default_model`` provides, or ``None``. Exports record it as

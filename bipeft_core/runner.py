@@ -49,12 +49,13 @@ class RunError(BipeftError):
     """A run folder that cannot be created, read or resumed."""
 
 
-def default_spec(task: str, plugins: Any = None) -> dict[str, Any]:
+def default_spec(task: str | None, plugins: Any = None) -> dict[str, Any]:
     """The spec a run starts from when it is given a task and no spec: the
     dict a plugin returns from ``bipeft_default_spec`` (the built-in one is
     BIPEFT on S2 at 0.1 % with the benchmark recipe), with ``model.task`` set
     and, where the spec gives no epochs, the task's default epochs (else 3)
-    for the search and the re-train."""
+    for the search and the re-train. ``task=None``: for the user's own data
+    (``[data]``, set by the caller), 3 epochs."""
     from bipeft_core.plugins import default_plugins
     from bipeft_core.tasks import get_task
 
@@ -64,10 +65,13 @@ def default_spec(task: str, plugins: Any = None) -> dict[str, Any]:
         raise SpecError("no plugin provides a default spec (hook bipeft_default_spec); give a spec with "
                         "--spec FILE, or load the built-in plugin 'defaults'")
     data = json.loads(json.dumps(data))  # a private deep copy
-    found = get_task(task, plugins)
-    data.setdefault("model", {})["task"] = found.name
+    epochs = 3
+    if task is not None:
+        found = get_task(task, plugins)
+        data.setdefault("model", {})["task"] = found.name
+        epochs = found.epochs or 3
     for table in ("search", "retrain"):
-        data.setdefault(table, {}).setdefault("epochs", found.epochs or 3)
+        data.setdefault(table, {}).setdefault("epochs", epochs)
     return data
 
 
@@ -283,8 +287,9 @@ class Run:
         from bipeft_core.distributed import setup
 
         folder = Path(folder)
-        if pipeline.model.task is None:
-            raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
+        if pipeline.model.task is None and not pipeline.data.given:
+            raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task, or "
+                            "give your own data with --train-file FILE (the [data] table)")
         dist = setup()
         checked: tuple[str | None, str | None] = (None, None)
         if dist.is_main:
@@ -354,13 +359,11 @@ class Run:
         :class:`BipeftError` naming the value and the fix."""
         from transformers import AutoTokenizer, PreTrainedModel
 
-        from bipeft_core.tasks import get_task, load_task_model, prepare_task
+        from bipeft_core.tasks import load_task_model, prepare_task, task_of
 
         pipe = pipeline
         plugins = pipe.get_plugins()
-        if pipe.model.task is None:
-            raise SpecError("the spec names no task: set [model] task (e.g. \"glue/stsb\") or pass --task")
-        task = get_task(pipe.model.task, plugins)
+        task = task_of(pipe, plugins)
         model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -46,7 +46,7 @@ from bipeft_core.types import check_ranks
 from bipeft_core.types import freeze_mapping as _freeze_mapping
 from bipeft_core.types import hashable as _hashable
 
-__all__ = ["COMPONENT_KINDS", "Component", "ModelSpec", "PipelineSpec", "SpaceSpec", "TrainSpec", "read_spec_file"]
+__all__ = ["COMPONENT_KINDS", "Component", "DataSpec", "ModelSpec", "PipelineSpec", "SpaceSpec", "TrainSpec", "read_spec_file"]
 
 COMPONENT_KINDS = ("optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")
 
@@ -194,6 +194,73 @@ class ModelSpec:
         return _to_table(self)
 
 
+def _columns(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
+        raise SpecError(f"data.text_columns = {value!r}: give one or two column names, e.g. [\"sentence\"] or "
+                        "[\"question\", \"passage\"]")
+    if len(value) > 2:
+        raise SpecError(f"data.text_columns = {list(value)!r}: a text task reads one column or a pair; give at "
+                        "most two")
+    return tuple(value)
+
+
+def _kind(value: Any) -> str | None:
+    if value is not None and value not in ("auto", "classification", "regression"):
+        raise SpecError(f"data.kind = {value!r}: give 'classification', 'regression' or 'auto' (the default: "
+                        "regression when every label is a number with a fraction, else classification)")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class DataSpec:
+    """The user's own data files, in place of a registered task (the
+    ``[data]`` table; docs/own-data.md). ``train_file`` is required when the
+    table is given; the other files are optional (splits are made from what
+    is given, as for the built-in tasks). A task plugin turns it into a task
+    (hook ``bipeft_task_from_data``; the built-in reads CSV, JSON and JSON
+    Lines files)."""
+
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_columns: tuple[str, ...] | None = attrs.field(default=None, converter=_columns)
+    """One or two text columns (``None``: ``["text"]``)."""
+    label_column: str | None = None
+    """``None``: ``"label"``."""
+    kind: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _kind(v))
+    """``classification``, ``regression`` or ``auto`` (``None``: auto)."""
+    metric: str | None = None
+    """A shipped metric: accuracy, f1, matthews_correlation, pearsonr or
+    spearmanr (``None``: accuracy for classification, pearsonr for regression)."""
+    name: str | None = None
+    """The task's name in reports (``None``: the training file's stem)."""
+
+    def __attrs_post_init__(self) -> None:
+        given = [f.name for f in attrs.fields(type(self)) if getattr(self, f.name) is not None]
+        if given and self.train_file is None:
+            raise SpecError(f"[data] gives {given} but no train_file; add train_file = \"path/to/train.csv\" "
+                            "(bipeft: --train-file FILE)")
+
+    @property
+    def given(self) -> bool:
+        return self.train_file is not None
+
+    @classmethod
+    def parse(cls, value: Any) -> DataSpec:
+        if value is None:
+            return cls()
+        if isinstance(value, DataSpec):
+            return value
+        return _from_table(cls, value, "data")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_table(self)
+
+
 @attrs.frozen(kw_only=True)
 class SpaceSpec:
     """A registered search space (or a space file), optionally with other
@@ -297,6 +364,10 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
                         "(strings need quotes; tables are [name])") from None
 
 
+def _parse_data(value: Any) -> DataSpec:
+    return DataSpec.parse(value)
+
+
 @attrs.frozen(kw_only=True)
 class PipelineSpec:
     """What a pipeline is, as plain data: what to search, under which budget,
@@ -326,6 +397,8 @@ class PipelineSpec:
     """Training settings of the search (the ``[search]`` table's other keys)."""
     retrain_settings: TrainSpec = attrs.field(factory=TrainSpec, converter=_retrain_settings)
     """Training settings of the re-train (the ``[retrain]`` table)."""
+    data: DataSpec = attrs.field(factory=DataSpec, converter=_parse_data)
+    """The user's own data files (the ``[data]`` table), in place of ``model.task``."""
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -334,7 +407,7 @@ class PipelineSpec:
         ``extra`` goes to the constructor as it is (a subclass's own fields)."""
         if not isinstance(data, Mapping):
             raise SpecError(f"{source}: a spec is a table of tables, got {type(data).__name__}")
-        allowed = ["model", "budget", "space", "search", "retrain"]
+        allowed = ["model", "budget", "space", "search", "retrain", "data"]
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise SpecError(f"{source}: unknown table(s) {unknown}; a spec has {allowed}")
@@ -347,7 +420,7 @@ class PipelineSpec:
         try:
             return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space"),
                        search_settings=search, retrain_settings=data.get("retrain") or {}, **components,
-                       **extra)
+                       data=data.get("data"), **extra)
         except SpecError as exc:
             raise SpecError(f"{source}: {exc}") from None
 
@@ -374,6 +447,8 @@ class PipelineSpec:
             out["space"] = space
         out["search"] = search
         out["retrain"] = self.retrain_settings.to_dict()
+        if self.data.given:
+            out["data"] = self.data.to_dict()
         return out
 
     def to_toml(self) -> str:

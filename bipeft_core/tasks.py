@@ -26,7 +26,7 @@ import abc
 import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
@@ -45,6 +45,7 @@ __all__ = [
     "prepare_task",
     "resolve_task_name",
     "squash_name",
+    "task_of",
 ]
 
 TaskKind = Literal["classification", "regression", "choice"]
@@ -318,6 +319,27 @@ def _squashed_aliases(task: Any) -> set[str]:
     (none for an entry that is not a :class:`Task`)."""
     aliases = task.aliases if isinstance(task, Task) else ()
     return {squash_name(a.strip().lower()) for a in aliases}
+
+
+def task_of(pipeline: Any, plugins: Any) -> Task:
+    """The task a pipeline runs: the task a plugin makes of its own data
+    files (``[data]``; hook ``bipeft_task_from_data``) when the spec gives
+    them, else the registered task ``model.task``. Raises
+    :class:`~bipeft_core.errors.SpecError` when the spec gives neither."""
+    data = getattr(pipeline, "data", None)
+    if data is not None and data.given:
+        if pipeline.model.task is not None:
+            raise SpecError(f"the spec gives both model.task = {pipeline.model.task!r} and its own data files "
+                            f"([data] train_file = {data.train_file!r}); keep one (--task or --train-file)")
+        task = plugins.hook.bipeft_task_from_data(data=data.to_dict())
+        if task is None:
+            raise SpecError("the spec gives its own data files ([data]) but no task plugin reads them; load the "
+                            "built-in plugin 'tasks' (do not disable it)")
+        return cast(Task, task)
+    if pipeline.model.task is None:
+        raise SpecError("the spec names no task: set [model] task (a registered task; bipeft plugins lists them) "
+                        "or pass --task, or give your own data with --train-file FILE (the [data] table)")
+    return get_task(pipeline.model.task, plugins)
 
 
 def get_task(name: str, registry: Any) -> Task:

@@ -16,7 +16,8 @@ and loading models), ``readers`` (the data folder, the TSV and JSON Lines
 readers, the S3Delta splits and the training cap), ``_formats`` (the
 data-folder layout and label conversion both benchmarks share), ``glue``
 (the TSV reader and the GLUE tasks), ``super_glue`` (the JSON Lines readers
-and the SuperGLUE tasks). A third party's text task subclasses
+and the SuperGLUE tasks), ``files`` (the user's own CSV, JSON and JSON Lines
+files, hook ``bipeft_task_from_data``). A third party's text task subclasses
 :class:`TextTask` and uses the readers (docs/tasks.md).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from bipeft_core.hookspecs import hookimpl
 from bipeft_plugins.tasks._formats import DATA_LAYOUT
+from bipeft_plugins.tasks.files import FileTask, bipeft_task_from_data, file_task
 from bipeft_plugins.tasks.glue import GLUE, GLUE_TASKS, GlueTask
 from bipeft_plugins.tasks.models import build_model, load_model, model_family
 from bipeft_plugins.tasks.readers import (
@@ -49,6 +51,7 @@ __all__ = [
     "COPATask",
     "DATA_DIR_ENV",
     "DATA_LAYOUT",
+    "FileTask",
     "GLUE",
     "GLUE_TASKS",
     "GlueTask",
@@ -63,7 +66,9 @@ __all__ = [
     "WiCTask",
     "bipeft_register_tasks",
     "build_model",
+    "bipeft_task_from_data",
     "cap_rows",
+    "file_task",
     "load_model",
     "model_family",
     "prepare_text_task",
