@@ -386,7 +386,7 @@ def cmd_export(args: argparse.Namespace, printer: Printer) -> int:
     given = pipe.model.name_or_path
     model_path = check_model_path(given or default_model_path(plugins))
     task = task_of(pipe, plugins)
-    model = load_task_model(model_path, task)
+    model = load_task_model(model_path, task, **pipe.model.load_kwargs())
     structure = Structure.load(run.folder / "structure.json")
     peft_model = structure.build(model, plugins.peft_modules)
     try:

@@ -59,7 +59,15 @@ from bipeft_core.interfaces import Optimizer
 from bipeft_core.repair import refill_to_budget, repair_to_budget
 from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
-from bipeft_core.training import linear_schedule, make_loader, progress_bar, split_halves
+from bipeft_core.training import (
+    enable_gradient_checkpointing,
+    groups,
+    linear_schedule,
+    make_loader,
+    precision,
+    progress_bar,
+    split_halves,
+)
 
 __all__ = [
     "LOOP_COMPONENTS",
@@ -399,7 +407,9 @@ class SearchLoop:
         else:
             self._loader_a = make_loader(dist.shard(self.ctx.train), batch, self.ctx.collate, seed=s.seed,
                                          shuffle=True)
-        steps_per_epoch = len(self._loader_a)
+        self.accum = s.accum
+        steps_per_epoch = -(-len(self._loader_a) // self.accum)
+        enable_gradient_checkpointing(sn.model, s)
         self.weights = sn.peft_parameters() + list(sn.head_params)
         self.weight_optimizer = torch.optim.AdamW(self.weights, lr=s.lr, weight_decay=s.weight_decay)
         self.scheduler = linear_schedule(self.weight_optimizer, steps_per_epoch * s.epochs, s.warmup_ratio)
@@ -512,10 +522,10 @@ class SearchLoop:
             it_a = iter(loader_a)
             for _ in range(cursor.batch_in_epoch):
                 next(it_a)
-            for batch_a in it_a:
+            for group_a in groups(it_a, self.accum, len(loader_a) - cursor.batch_in_epoch):
                 t0 = time.perf_counter()
-                fired = self._step(batch_a, next_b)
-                cursor.batch_in_epoch += 1
+                fired = self._step(group_a, next_b)
+                cursor.batch_in_epoch += len(group_a)
                 self.history[-1]["step_time"] = time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix_str(self._progress_text(), refresh=False)
@@ -547,23 +557,22 @@ class SearchLoop:
         return " ".join(parts)
 
     # -- one step ----------------------------------------------------------------------------------
-    def _step(self, batch_a: dict[str, torch.Tensor],
+    def _step(self, group_a: list[dict[str, torch.Tensor]],
               next_b: Callable[[], dict[str, torch.Tensor]] | None) -> bool:
-        """One weight step (with its architecture step when due); whether the trigger fired."""
+        """One weight step on the batches of ``group_a`` (one, or
+        ``grad_accum_steps`` whose gradients it sums), with its architecture
+        step when due; whether the trigger fired."""
         sn, state, dist, strategy, comps = self.supernet, self.state, self.dist, self.strategy, self.components
-        batch_a = {k: v.to(self.ctx.device) for k, v in batch_a.items()}
         sn.train()
         trigger: Any = comps.get("trigger")  # present whenever self.selecting
         loss_b: torch.Tensor | None = None
         val_products: Products | None = None
         if next_b is not None and (strategy.warmup_arch or not self.selecting or trigger.warmed_up(state)):
-            loss_b, val_products = self._arch_step(next_b())
+            loss_b, val_products = self._arch_step([next_b() for _ in group_a])
         # -- weight step ---------------------------------------------------------------------------
         sn.zero_grad(set_to_none=True)
         strategy.weight_gates(self)
-        loss_a = self.ctx.loss(sn, batch_a)
-        check_finite(dist.mean(loss_a), "weight", state.step)
-        loss_a.backward()
+        loss_a = self._backward(group_a, "weight")
         sn.alpha.grad = None
         sn.beta.grad = None
         dist.all_reduce_grads(self.weights)
@@ -591,16 +600,46 @@ class SearchLoop:
             self, loss=float(dist.mean(loss_a)), arch_loss=None if loss_b is None else float(dist.mean(loss_b))))
         return fired
 
-    def _arch_step(self, batch_b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Products | None]:
-        """The architecture step on a batch of half B: its loss and the validation products."""
+    def _loss(self, batch: dict[str, torch.Tensor], which: str) -> torch.Tensor:
+        """The (checked) loss of one batch, under the precision setting."""
+        batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
+        with precision(self.settings, self.ctx.device):
+            loss = self.ctx.loss(self.supernet, batch)
+        check_finite(self.dist.mean(loss), which, self.state.step)
+        return loss
+
+    def _backward(self, group: list[dict[str, torch.Tensor]], which: str,
+                  objective: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Backward of the mean loss of ``group``'s batches (each batch's
+        graph freed before the next), then of ``objective``'s batch-free
+        terms (``objective(loss) - loss``) once; the mean loss with them."""
+        if len(group) == 1:  # one batch: the objective on its loss, as it always was
+            loss = self._loss(group[0], which)
+            if objective is not None:
+                loss = objective(loss)
+            loss.backward()
+            return loss
+        total = torch.zeros((), device=self.ctx.device)
+        for i, batch in enumerate(group):
+            loss = self._loss(batch, which)
+            # the gates were computed once for the step, so their (small) graph is kept for the next batch;
+            # each batch's own activations go when its loss does
+            (loss / len(group)).backward(retain_graph=i < len(group) - 1)
+            total = total + loss.detach() / len(group)
+            del loss
+        if objective is not None:
+            extra = objective(torch.zeros((), device=self.ctx.device))
+            if extra.requires_grad:
+                extra.backward()
+            total = total + extra.detach()
+        return total
+
+    def _arch_step(self, group_b: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Products | None]:
+        """The architecture step on batches of half B: its loss and the validation products."""
         sn, strategy = self.supernet, self.strategy
-        batch_b = {k: v.to(self.ctx.device) for k, v in batch_b.items()}
         sn.zero_grad(set_to_none=True)
         strategy.arch_gates(self)
-        loss_b = self.ctx.loss(sn, batch_b)
-        check_finite(self.dist.mean(loss_b), "architecture", self.state.step)
-        loss_b = strategy.arch_objective(self, loss_b)
-        loss_b.backward()
+        loss_b = self._backward(group_b, "architecture", lambda loss: strategy.arch_objective(self, loss))
         val_products = strategy.arch_update(self)
         self._cursor.arch_steps += 1
         return loss_b, val_products

@@ -187,7 +187,7 @@ class Pipeline(PipelineSpec):
         (see :func:`bipeft_core.run.search` for the keyword arguments);
         ``epochs`` and ``seed`` override the spec's search settings."""
         pipe = self
-        changes = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
+        changes: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
         if changes:
             pipe = attrs.evolve(self, search_settings=attrs.evolve(self.search_settings, **changes))
         return run_search(pipe, model, train, validation, **kwargs)

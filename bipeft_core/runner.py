@@ -367,7 +367,7 @@ class Run:
         model_path = check_model_path(pipe.model.name_or_path or default_model_path(plugins))
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = load_task_model(model_path, task, seed=pipe.search_settings.seed)
+            model = load_task_model(model_path, task, seed=pipe.search_settings.seed, **pipe.model.load_kwargs())
         except OSError as exc:
             hint = ("it is read as a hub id (no local folder has that name); without a network give a local "
                     "folder (--model PATH)" if is_hub_id(model_path) and not Path(model_path).exists()
@@ -412,7 +412,8 @@ class Run:
         if data.spare_model is not None:
             model, data.spare_model = data.spare_model, None
             return model
-        return load_task_model(data.model_path, data.task, seed=self.pipeline.search_settings.seed)
+        return load_task_model(data.model_path, data.task, seed=self.pipeline.search_settings.seed,
+                               **self.pipeline.model.load_kwargs())
 
     # -- the stages ----------------------------------------------------------------------
     def search(self, data: Data, *, progress: bool = True, checkpoint_every: int = 50) -> Any:

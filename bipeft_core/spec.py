@@ -50,6 +50,10 @@ __all__ = ["COMPONENT_KINDS", "Component", "DataSpec", "ModelSpec", "PipelineSpe
 
 COMPONENT_KINDS = ("optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")
 
+#: The keys of the ``[train]`` table: settings that the search and the
+#: re-train share (each stage's own table may still set its own).
+SHARED_TRAIN_KEYS = ("grad_accum_steps", "mixed_precision", "gradient_checkpointing")
+
 
 def _freeze(value: Any) -> Any:
     return _freeze_mapping(value) if isinstance(value, Mapping) else _hashable(value)
@@ -170,6 +174,11 @@ def _retrain_settings(value: Any) -> TrainSpec:
     return TrainSpec.parse(value, "retrain")
 
 
+def _dtype(value: Any) -> None:
+    if value is not None and value not in ("float32", "bfloat16", "float16"):
+        raise SpecError(f"model.dtype = {value!r}: give \"float32\", \"bfloat16\" or \"float16\"")
+
+
 @attrs.frozen(kw_only=True)
 class ModelSpec:
     """The backbone and the task."""
@@ -179,6 +188,32 @@ class ModelSpec:
     max_length: int | None = attrs.field(default=None, validator=_pos_int)
     target_map: Any = None
     """A registered target map's name, or a table of patterns (see docs/targets.md)."""
+    dtype: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _dtype(v))
+    """The backbone's dtype: ``float32``, ``bfloat16`` or ``float16``
+    (``None``: as saved, float32 for most). PEFT modules and the task head
+    train in float32 whatever it is."""
+    revision: str | None = None
+    """A hub revision (branch, tag or commit) of ``name_or_path``."""
+    trust_remote_code: bool | None = None
+    """Allow a hub model's own modelling code (``from_pretrained``'s flag)."""
+    attn_implementation: str | None = None
+    """``eager``, ``sdpa``, ``flash_attention_2``, ... (``from_pretrained``'s)."""
+    device_map: str | None = None
+    """``from_pretrained``'s ``device_map`` (e.g. ``"auto"``; needs accelerate)."""
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The ``from_pretrained`` keyword arguments these fields ask for."""
+        out: dict[str, Any] = {}
+        if self.dtype is not None:
+            import torch
+            import transformers
+
+            major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+            out["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = getattr(torch, self.dtype)
+        for key in ("revision", "trust_remote_code", "attn_implementation", "device_map"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     @classmethod
     def parse(cls, value: Any) -> ModelSpec:
@@ -312,6 +347,24 @@ class TrainSpec:
     clip_norm: float | None = attrs.field(default=2.0, validator=_pos_num)
     seed: int = attrs.field(default=42, validator=_int)
     max_train_examples: int | None = attrs.field(default=None, validator=_pos_int)
+    grad_accum_steps: int | None = attrs.field(default=None, validator=_pos_int)
+    """Batches whose gradients one optimiser step sums (``None``: 1): the
+    effective batch is ``batch_size · grad_accum_steps``, the memory that of
+    one ``batch_size`` batch."""
+    mixed_precision: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _precision(v))
+    """``"bf16"``: forward passes and losses under bfloat16 autocast;
+    ``"no"`` or ``None``: the model's own dtype."""
+    gradient_checkpointing: bool | None = attrs.field(default=None, validator=lambda _i, _a, v: _flag(v))
+    """Recompute the backbone's activations in the backward pass instead of
+    keeping them (transformers' gradient checkpointing): less memory, more time."""
+
+    @property
+    def accum(self) -> int:
+        return self.grad_accum_steps or 1
+
+    @property
+    def bf16(self) -> bool:
+        return self.mixed_precision == "bf16"
 
     @classmethod
     def parse(cls, value: Any, table: str = "train") -> TrainSpec:
@@ -364,6 +417,16 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
                         "(strings need quotes; tables are [name])") from None
 
 
+def _precision(value: Any) -> None:
+    if value is not None and value not in ("no", "bf16"):
+        raise SpecError(f"mixed_precision = {value!r}: give \"no\" or \"bf16\" (bfloat16 autocast)")
+
+
+def _flag(value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise SpecError(f"gradient_checkpointing = {value!r}: give true or false")
+
+
 def _parse_data(value: Any) -> DataSpec:
     return DataSpec.parse(value)
 
@@ -407,7 +470,7 @@ class PipelineSpec:
         ``extra`` goes to the constructor as it is (a subclass's own fields)."""
         if not isinstance(data, Mapping):
             raise SpecError(f"{source}: a spec is a table of tables, got {type(data).__name__}")
-        allowed = ["model", "budget", "space", "search", "retrain", "data"]
+        allowed = ["model", "budget", "space", "search", "retrain", "data", "train"]
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise SpecError(f"{source}: unknown table(s) {unknown}; a spec has {allowed}")
@@ -417,9 +480,17 @@ class PipelineSpec:
         if not isinstance(search, dict):
             raise SpecError(f"{source}: [search] must be a table")
         components = {k: search.pop(k) for k in COMPONENT_KINDS if k in search}
+        retrain = dict(data.get("retrain") or {})
+        shared = data.get("train") or {}
+        if not isinstance(shared, Mapping) or set(shared) - set(SHARED_TRAIN_KEYS):
+            raise SpecError(f"{source}: [train] holds the settings both stages share, {list(SHARED_TRAIN_KEYS)}; "
+                            f"got {sorted(shared) if isinstance(shared, Mapping) else shared!r}")
+        for key, value in shared.items():  # a stage's own table wins
+            search.setdefault(key, value)
+            retrain.setdefault(key, value)
         try:
             return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space"),
-                       search_settings=search, retrain_settings=data.get("retrain") or {}, **components,
+                       search_settings=search, retrain_settings=retrain, **components,
                        data=data.get("data"), **extra)
         except SpecError as exc:
             raise SpecError(f"{source}: {exc}") from None

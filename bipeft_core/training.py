@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from bipeft_core.errors import TrainingError
 
-__all__ = ["default_collate", "default_loss", "epoch_listener", "linear_schedule", "make_loader", "progress_bar",
-           "split_halves", "train_model"]
+__all__ = ["default_collate", "default_loss", "enable_gradient_checkpointing", "epoch_listener", "groups",
+           "linear_schedule", "make_loader", "precision", "progress_bar", "split_halves", "train_model"]
 
 _EPOCH_LISTENERS: contextvars.ContextVar[tuple[Callable[[int, dict[str, Any]], None], ...]] = \
     contextvars.ContextVar("bipeft_epoch_listeners", default=())
@@ -39,6 +39,44 @@ def epoch_listener(listener: Callable[[int, dict[str, Any]], None] | None) -> It
         yield
     finally:
         _EPOCH_LISTENERS.reset(token)
+
+
+def precision(settings: Any, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """The context of a forward pass and its loss: bfloat16 autocast when
+    ``settings.mixed_precision == "bf16"``, else nothing."""
+    if getattr(settings, "mixed_precision", None) == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, settings: Any) -> None:
+    """Turn on transformers' gradient checkpointing of the backbone inside
+    ``model`` (a bipeft model or supernet, or the backbone itself) when
+    ``settings.gradient_checkpointing``; non-reentrant, so the frozen
+    backbone's checkpointed layers still pass gradients to the PEFT modules
+    hooked inside them. :class:`TrainingError` for a backbone without it."""
+    if not getattr(settings, "gradient_checkpointing", None):
+        return
+    inner: Any = model
+    for _ in range(4):
+        if hasattr(inner, "gradient_checkpointing_enable"):
+            break
+        inner = getattr(inner, "model", None)
+    if inner is None or not getattr(inner, "supports_gradient_checkpointing", False):
+        raise TrainingError(f"gradient_checkpointing is on, but the model ({type(model).__name__}) does not support "
+                            "it (a transformers model whose class sets supports_gradient_checkpointing); turn "
+                            "it off (train.gradient_checkpointing = false)")
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def groups(iterator: Any, size: int, count: int) -> Iterator[list[Any]]:
+    """``count`` items of ``iterator`` in lists of ``size`` (the last may be
+    shorter): the batches each optimiser step of a gradient accumulation sums."""
+    it = iter(iterator)
+    while count > 0:
+        group = [next(it) for _ in range(min(size, count))]
+        count -= len(group)
+        yield group
 
 
 def progress_bar(ctx_or_flag: Any, *, total: int, desc: str, initial: int = 0) -> Any:
@@ -143,19 +181,22 @@ def train_model(
     dist = dist or Dist()
     loader = make_loader(dist.shard(train), max(1, settings.batch_size // dist.world), collate, seed=settings.seed,
                          shuffle=True)
+    accum = int(getattr(settings, "grad_accum_steps", None) or 1)
+    steps_per_epoch = -(-len(loader) // accum)
     device = next((p.device for p in params), torch.device("cpu"))
+    enable_gradient_checkpointing(model, settings)
     opt = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = linear_schedule(opt, len(loader) * settings.epochs, settings.warmup_ratio)
+    sched = linear_schedule(opt, steps_per_epoch * settings.epochs, settings.warmup_ratio)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     epochs: list[dict[str, float]] = []
     started = time.perf_counter()
     names = {id(p): n for n, p in model.named_parameters()}
-    bar = progress_bar(progress, total=len(loader) * settings.epochs, desc="train")
+    bar = progress_bar(progress, total=steps_per_epoch * settings.epochs, desc="train")
     step_times: list[float] = []
     global_step = 0
     first_epoch, earlier_time = 0, 0.0
     ckpt = _EpochCheckpoint(checkpoint, names=[names[id(p)] for p in params], settings=settings,
-                            steps_per_epoch=len(loader)) if checkpoint is not None else None
+                            steps_per_epoch=steps_per_epoch) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         state = ckpt.load()
         by_name = dict(model.named_parameters())
@@ -174,14 +215,18 @@ def train_model(
     for epoch in range(first_epoch, settings.epochs):
         model.train()
         total = 0.0
-        for step, batch in enumerate(loader):
+        for step, group in enumerate(groups(loader, accum, len(loader))):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            value = loss(model, {k: v.to(device) for k, v in batch.items()})
-            if not torch.isfinite(dist.mean(value)):
-                raise TrainingError(f"the loss is {float(value)} at epoch {epoch} step {step}; lower the "
-                                    "learning rate (retrain.lr) or check the data")
-            value.backward()
+            step_loss = 0.0
+            for batch in group:
+                with precision(settings, device):
+                    value = loss(model, {k: v.to(device) for k, v in batch.items()})
+                if not torch.isfinite(dist.mean(value)):
+                    raise TrainingError(f"the loss is {float(value)} at epoch {epoch} step {step}; lower the "
+                                        "learning rate (retrain.lr) or check the data")
+                (value / len(group)).backward()
+                step_loss += float(value.detach()) / len(group)
             dist.all_reduce_grads(params)
             if settings.clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
@@ -190,11 +235,11 @@ def train_model(
             global_step += 1
             if on_step is not None:
                 on_step(global_step)
-            total += float(value.detach())
+            total += step_loss
             step_times.append(time.perf_counter() - t0)
             bar.update(1)
-            bar.set_postfix_str(f"epoch {epoch} loss {float(value.detach()):.4f}", refresh=False)
-        record = {"epoch": epoch, "train_loss": total / max(1, len(loader))}
+            bar.set_postfix_str(f"epoch {epoch} loss {step_loss:.4f}", refresh=False)
+        record = {"epoch": epoch, "train_loss": total / max(1, steps_per_epoch)}
         if evaluate is not None:
             metrics = evaluate(model)
             record.update(metrics)

@@ -125,7 +125,8 @@ def load_model(name_or_path: str | os.PathLike[str], task: Task, *, seed: int = 
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in ("revision", "trust_remote_code")
+                                                          if k in kwargs})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if model_family(config) == "seq2seq":
