@@ -29,7 +29,7 @@ full-size multiplication forward and backward for every module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -63,6 +63,23 @@ def require_peft_module(module: Any, type_name: str, form: str) -> PeftModule:
             f"bipeft_core.modules.PeftModule; build the {'searchable' if form == 'supernet' else 'plain'} "
             "form on PeftModule")
     return module
+
+
+def keyword_forward(owner: nn.Module, model: nn.Module) -> Callable[..., Any]:
+    """A ``forward`` for ``owner`` (a wrapper that calls ``model``) that
+    carries ``model.forward``'s signature, so that tools that read it (the
+    column removal of ``transformers.Trainer``) see ``input_ids``,
+    ``attention_mask``, ``labels``, ... . A partial of the owner's class
+    function: a deep copy of the owner gets its own."""
+    import functools
+    import inspect
+
+    fwd: Any = functools.partial(type(owner).forward, owner)
+    try:
+        fwd.__signature__ = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a forward without a readable signature keeps (*args, **kwargs)
+        pass
+    return cast(Callable[..., Any], fwd)
 
 
 def input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from bipeft_core.budget import format_count
 from bipeft_core.errors import StructureError, read_text_file
-from bipeft_core.modules import PeftModule, require_peft_module
+from bipeft_core.modules import PeftModule, keyword_forward, require_peft_module
 from bipeft_core.types import ModuleSpec, Shape
 
 __all__ = ["PeftModel", "Structure", "StructureEntry"]
@@ -242,6 +242,7 @@ class PeftModel(nn.Module):
 
         super().__init__()
         self.model = model
+        self.forward = keyword_forward(self, model)  # type: ignore[method-assign]  # Trainer reads its inputs
         self.structure = structure
         heads = tuple(heads) if heads is not None else ("classifier", "score", "pooler")
         for p in model.parameters():
@@ -264,7 +265,10 @@ class PeftModel(nn.Module):
         for e, m in zip(structure.entries, mods):
             require_peft_module(m, e.spec.type, "discrete").attach(model)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        # ``labels`` by name: Trainer finds a model's label columns in its class's forward
+        if labels is not None:
+            kwargs["labels"] = labels
         return self.model(*args, **kwargs)
 
     def peft_parameter_count(self) -> int:

@@ -35,7 +35,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from bipeft_core.modules import PeftModule, require_peft_module
+from bipeft_core.modules import PeftModule, keyword_forward, require_peft_module
 from bipeft_core.types import ModuleSpec
 
 __all__ = ["MODES", "Supernet", "gumbel_hard", "trainable_head_parameters"]
@@ -105,6 +105,7 @@ class Supernet(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
+        self.forward = keyword_forward(self, model)  # type: ignore[method-assign]  # Trainer reads its inputs
         self.specs = list(specs)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -341,7 +342,10 @@ class Supernet(nn.Module):
             if gates is not None:
                 m.gate = gates[i]
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+        # ``labels`` by name: Trainer finds a model's label columns in its class's forward
+        if labels is not None:
+            kwargs["labels"] = labels
         return self.model(*args, **kwargs)
 
     def detach_hooks(self) -> None:

@@ -126,3 +126,51 @@ def test_checkpointing_a_model_that_cannot_is_refused():
     with pytest.raises(TrainingError, match="does not support it"):
         enable_gradient_checkpointing(nn.Linear(2, 2), TrainSpec(gradient_checkpointing=True))
     enable_gradient_checkpointing(nn.Linear(2, 2), TrainSpec())  # off: nothing to do
+
+
+# -- a plain transformers.Trainer re-trains a searched structure ---------------------------------
+
+
+def test_plain_trainer_retrains_a_structure_with_its_defaults(plugins, tmp_path):
+    """bipeft's model takes the usual keyword inputs: Trainer's column removal
+    keeps them (and drops the others), evaluates, checkpoints and resumes."""
+    import inspect
+
+    datasets = pytest.importorskip("datasets")
+    transformers = pytest.importorskip("transformers")
+    from bipeft_core.structure import Structure
+    from bipeft_core.targets import find_target_map
+
+    def build():
+        model = tiny_model("bert")
+        specs = plugins.spaces.get("s2").modules(model, find_target_map(model, plugins.target_maps),
+                                                  plugins.peft_modules)
+        choices = {s.index: (s.ranks[0] if s.ranks else None) for s in specs if s.type in ("lora", "lnfit")}
+        torch.manual_seed(0)
+        return Structure.from_choices(specs, choices, space="s2").build(model, plugins.peft_modules)
+
+    pm = build()
+    assert {"input_ids", "attention_mask", "labels"} <= set(inspect.signature(pm.forward).parameters)
+    g = torch.Generator().manual_seed(0)
+    rows = {"input_ids": torch.randint(5, 100, (24, 7), generator=g).tolist(), "attention_mask": [[1] * 7] * 24,
+            "labels": torch.randint(0, 2, (24,), generator=g).tolist(), "sentence": ["some text"] * 24}
+    data = datasets.Dataset.from_dict(rows)  # "sentence" is a column the model does not take
+
+    def trainer(model, steps, **kw):
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / "t"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2,
+            report_to=[], save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+            logging_steps=1, use_cpu=True, save_safetensors=True, **kw)
+        return transformers.Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+
+    before = {k: v.clone() for k, v in pm.trainable_state_dict().items()}
+    t = trainer(pm, 4)
+    t.train()
+    assert "eval_loss" in t.evaluate()
+    after = pm.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("peft."))
+    # resuming from the step-2 checkpoint ends where the uninterrupted run ended
+    resumed = build()
+    trainer(resumed, 4).train(resume_from_checkpoint=str(tmp_path / "t" / "checkpoint-2"))
+    for k, v in resumed.trainable_state_dict().items():
+        torch.testing.assert_close(v, after[k], atol=1e-6, rtol=0)
