@@ -308,6 +308,11 @@ def cmd_run(args: argparse.Namespace, printer: Printer, stages=("search", "retra
         data = Run.prepare(pipeline, data_dir=args.data_dir)
         run = Run.create(folder, pipeline, argv=sys.argv, overwrite=args.overwrite)
         printer.info(f"run folder {run.folder}")
+    return _execute(args, printer, run, data, stages)
+
+
+def _execute(args: argparse.Namespace, printer: Printer, run: Any, data: Any, stages: tuple[str, ...]) -> int:
+    command = args.command if args.command in ("run", "search") else "run"
     printer.event("start", folder=str(run.folder), spec=run.pipeline.to_dict())
     try:
         summary = run.execute(data_dir=args.data_dir, progress=printer.mode == "normal", stages=stages,
@@ -319,6 +324,29 @@ def cmd_run(args: argparse.Namespace, printer: Printer, stages=("search", "retra
         return EXIT_INTERRUPTED
     printer.summary(_summary_text(summary), summary)
     return 0
+
+
+def cmd_transfer(args: argparse.Namespace, printer: Printer) -> int:
+    from bipeft_core.pipeline import Pipeline
+    from bipeft_core.plugins import load_plugins
+    from bipeft_core.runner import Run, transfer_spec
+
+    _check_device(args.device)
+    plugins = load_plugins([_event_plugin(printer)])
+    spec = transfer_spec(args.result, args.task, model=args.model, plugins=plugins)
+    for table in ("search", "retrain"):
+        if args.epochs is not None:
+            spec[table]["epochs"] = args.epochs
+        if args.seed is not None:
+            spec[table]["seed"] = args.seed
+    pipeline = Pipeline.from_dict(spec, plugins=plugins, source=f"transfer of {args.result}")
+    folder = Path(args.out) if args.out else _default_out(pipeline)
+    Run.check_folder(folder, pipeline, overwrite=args.overwrite, command="transfer")
+    data = Run.prepare(pipeline, data_dir=args.data_dir)
+    run = Run.create(folder, pipeline, argv=sys.argv, overwrite=args.overwrite)
+    printer.info(f"run folder {run.folder}: the structure of {args.result} re-trained on {pipeline.model.task}")
+    args.checkpoint_every, args.resume = 50, False
+    return _execute(args, printer, run, data, ("search", "retrain"))
 
 
 def cmd_retrain(args: argparse.Namespace, printer: Printer) -> int:
@@ -578,6 +606,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the run's model as its spec gives it")
     p.add_argument("--out", help="the export folder (default: RUN/export-<format>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p = add("transfer", help="re-train a run's searched structure on another task (or backbone of its family)")
+    p.add_argument("result", help="the run folder whose structure.json to re-train")
+    p.add_argument("--task", required=True, help="the task to re-train on (e.g. mrpc)")
+    p.add_argument("--model", help="another backbone of the same family whose layers map one to one "
+                                   "(default: the run's)")
+    p.add_argument("--out", help="the new run folder (default: under runs/)")
+    p.add_argument("--epochs", type=int, help="re-train epochs (default: the task's)")
+    p.add_argument("--seed", type=int, help="re-train seed (default: the run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder in --out")
+    p.add_argument("--data-dir", help="GLUE/SuperGLUE folder (default: $BIPEFT_DATA_DIR)")
+    _device_option(p)
     add("plugins", help="list every registered module type, strategy, space, target map and task")
     return parser
 
@@ -655,6 +694,7 @@ def _main(args: argparse.Namespace, printer: Printer) -> int:
         "retrain": lambda: cmd_retrain(args, printer),
         "show": lambda: cmd_show(args, printer),
         "export": lambda: cmd_export(args, printer),
+        "transfer": lambda: cmd_transfer(args, printer),
         "plugins": lambda: cmd_plugins(args, printer),
     }
     try:

@@ -75,6 +75,38 @@ def default_spec(task: str | None, plugins: Any = None) -> dict[str, Any]:
     return data
 
 
+def transfer_spec(run: str | os.PathLike[str], task: str, *, model: str | None = None,
+                  plugins: Any = None) -> dict[str, Any]:
+    """The spec of a run that re-trains ``run``'s searched structure on
+    ``task`` (and on ``model``, a backbone of the same family whose layers
+    map one to one; default the run's): the run's spec with its task (or own
+    data) replaced, its optimizer the ``fixed`` structure of the run's
+    ``structure.json`` (no other search component), and the task's default
+    epochs. ``bipeft transfer`` runs it into a normal run folder."""
+    from bipeft_core.plugins import default_plugins
+    from bipeft_core.spec import COMPONENT_KINDS
+    from bipeft_core.tasks import get_task
+
+    plugins = plugins if plugins is not None else default_plugins()
+    source = Run.open(run, plugins=plugins)
+    structure = (source.folder / "structure.json").resolve()
+    if not source.stage_done("search") or not structure.is_file():
+        raise RunError(f"{source.folder} has no finished search (no structure.json); finish it first: "
+                       f"bipeft run --resume --out {source.folder}")
+    found = get_task(task, plugins)
+    data = source.pipeline.to_dict()
+    data.pop("data", None)
+    data.setdefault("model", {})["task"] = found.name
+    if model is not None:
+        data["model"]["name_or_path"] = model
+    search = {k: v for k, v in data.get("search", {}).items() if k not in COMPONENT_KINDS}
+    search["optimizer"] = {"name": "fixed", "structure": str(structure)}
+    data["search"] = search
+    for table in ("search", "retrain"):
+        data.setdefault(table, {})["epochs"] = found.epochs or 3
+    return data
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("bipeft", "torch", "transformers", "datasets", "evaluate", "peft", "accelerate", "pluggy", "attrs"):

