@@ -20,7 +20,7 @@ from bipeft_core.supernet import Supernet
 from bipeft_core.targets import backbone_param_count, find_target_map
 from bipeft_core.training import default_collate, default_loss, train_model
 
-__all__ = ["RetrainResult", "check_budget", "retrain", "search"]
+__all__ = ["RetrainResult", "check_budget", "retrain", "search", "search_context"]
 
 
 def check_budget(specs, budget: int) -> None:
@@ -50,6 +50,27 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
     collate, loss and evaluation). With ``checkpoint_dir`` the search writes
     a checkpoint every ``checkpoint_every`` steps, after each trigger and at
     each epoch end; ``resume=True`` continues from it."""
+    ctx = search_context(pipeline, model, train, validation, task=task, loss_fn=loss_fn, collate_fn=collate_fn,
+                         evaluate_fn=evaluate_fn, target_map=target_map, device=device, progress=progress,
+                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+    components, supernet, dist, plugins = ctx.components, ctx.supernet, ctx.dist, pipeline.get_plugins()
+    result = components["optimizer"].search(ctx)
+    supernet.detach_hooks()
+    dist.check_same("final structure", torch.tensor(sorted(e.spec.index for e in result.structure.entries)),
+                    torch.tensor([e.rank or 0 for e in result.structure.entries]))
+    if dist.is_main:
+        plugins.hook.bipeft_after_search(result=result)
+    return result
+
+
+def search_context(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Sequence[Any] | None = None,
+                   *, task: Any = None, loss_fn: Callable | None = None, collate_fn: Callable | None = None,
+                   evaluate_fn: Callable | None = None, target_map: Any = None, device: Any = None,
+                   progress: bool = False, checkpoint_dir: Any = None, checkpoint_every: int = 50,
+                   resume: bool = False) -> SearchContext:
+    """What a search of ``pipeline`` on ``model`` needs (the arguments as
+    :func:`search`'s): the space's modules on the model, the resolved and
+    checked budget, the components, and the supernet built on the model."""
     from bipeft_core.checkpoint import CheckpointManager
 
     plugins = pipeline.get_plugins()
@@ -71,7 +92,7 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
     device = torch.device(device) if device is not None else dist.device()
     supernet = Supernet(model, specs, plugins.peft_modules, heads=tm.heads,
                         generator=torch.Generator().manual_seed(settings.seed)).to(device)
-    ctx = SearchContext(
+    return SearchContext(
         supernet=supernet, specs=specs, budget=budget, backbone_params=total, components=components,
         settings=settings, train=train, collate=collate_fn, loss=loss_fn,
         hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=space.name,
@@ -79,13 +100,6 @@ def search(pipeline: Any, model: nn.Module, train: Sequence[Any], validation: Se
         checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
         resume=resume, dist=dist,
     )
-    result = components["optimizer"].search(ctx)
-    supernet.detach_hooks()
-    dist.check_same("final structure", torch.tensor(sorted(e.spec.index for e in result.structure.entries)),
-                    torch.tensor([e.rank or 0 for e in result.structure.entries]))
-    if dist.is_main:
-        plugins.hook.bipeft_after_search(result=result)
-    return result
 
 
 @attrs.frozen(kw_only=True)
