@@ -536,9 +536,9 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", help="own data: the label column (default: label)")
     g.add_argument("--metric", help="own data: accuracy, f1, matthews_correlation, pearsonr or spearmanr "
                                     "(default: accuracy, or pearsonr for numeric labels)")
-    g.add_argument("--task-kind", choices=("auto", "classification", "regression"),
+    g.add_argument("--task-kind", choices=("auto", "classification", "regression", "causal_lm"),
                    help="own data: what the label is (default auto: regression when the labels are numbers "
-                        "with fractions)")
+                        "with fractions); causal_lm: next-token prediction on the text column, perplexity")
     g.add_argument("--budget", help="e.g. 0.1%%, 1.39bp, 22565")
     g.add_argument("--space", help="search space name (s1, s2, ...)")
     g.add_argument("--epochs", type=int, help="search and re-train epochs")

@@ -146,6 +146,7 @@ def retrain(pipeline: Any, model: nn.Module, structure: Structure, train: Sequen
             "module fits the budget")
     out = train_model(peft_model, params, train, settings=settings, collate=collate_fn,
                       loss=loss_fn, evaluate=evaluate_fn, progress=progress and dist.is_main,
+                      maximize=bool(getattr(task, "greater_is_better", True)),
                       dist=dist, checkpoint=checkpoint)
     wall = out["wall_time"]
     best = out["epochs"][out["best_epoch"]]

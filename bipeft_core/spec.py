@@ -244,9 +244,10 @@ def _columns(value: Any) -> tuple[str, ...] | None:
 
 
 def _kind(value: Any) -> str | None:
-    if value is not None and value not in ("auto", "classification", "regression"):
-        raise SpecError(f"data.kind = {value!r}: give 'classification', 'regression' or 'auto' (the default: "
-                        "regression when every label is a number with a fraction, else classification)")
+    if value is not None and value not in ("auto", "classification", "regression", "causal_lm"):
+        raise SpecError(f"data.kind = {value!r}: give 'classification', 'regression', 'causal_lm' (next-token "
+                        "prediction on the text column, no label) or 'auto' (the default: regression when every "
+                        "label is a number with a fraction, else classification)")
     return value
 
 
@@ -267,7 +268,7 @@ class DataSpec:
     label_column: str | None = None
     """``None``: ``"label"``."""
     kind: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _kind(v))
-    """``classification``, ``regression`` or ``auto`` (``None``: auto)."""
+    """``classification``, ``regression``, ``causal_lm`` or ``auto`` (``None``: auto)."""
     metric: str | None = None
     """A shipped metric: accuracy, f1, matthews_correlation, pearsonr or
     spearmanr (``None``: accuracy for classification, pearsonr for regression)."""

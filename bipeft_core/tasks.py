@@ -48,7 +48,7 @@ __all__ = [
     "task_of",
 ]
 
-TaskKind = Literal["classification", "regression", "choice"]
+TaskKind = Literal["classification", "regression", "choice", "language_modeling"]
 
 
 # -- the contract ------------------------------------------------------------------------
@@ -88,8 +88,13 @@ class Task(abc.ABC):
     """Training epochs for this task in the runner's embedded default spec
     (search and re-train); ``None`` (the default): the runner's own default."""
     kind: TaskKind = "classification"
-    """``classification`` (the default), ``regression`` or ``choice`` (see
-    the class)."""
+    """``classification`` (the default), ``regression``, ``choice`` or
+    ``language_modeling`` (next-token prediction on text; no label) (see the
+    class)."""
+    greater_is_better: bool = True
+    """Whether a higher :attr:`primary_metric` is better (the default);
+    ``False`` for a loss-like metric such as perplexity. The re-train keeps
+    the epoch that is best in this direction."""
     label_names: tuple[str, ...] = ()
     """Class names in label-index order (at least two for classification;
     none by default, as a regression or choice task has)."""
@@ -98,9 +103,10 @@ class Task(abc.ABC):
     loads data declares at least one)."""
 
     def __attrs_post_init__(self) -> None:
-        if self.kind not in ("classification", "regression", "choice"):
+        if self.kind not in ("classification", "regression", "choice", "language_modeling"):
             raise SpecError(
-                f"task {self.name!r}: kind {self.kind!r} is not 'classification', 'regression' or 'choice'"
+                f"task {self.name!r}: kind {self.kind!r} is not 'classification', 'regression', 'choice' or "
+                "'language_modeling'"
             )
         if self.kind == "classification" and len(self.label_names) < 2:
             raise SpecError(
@@ -205,6 +211,12 @@ class PreparedTask(abc.ABC):
     def primary_metric(self) -> str:
         """The task's :attr:`Task.primary_metric`, the key :meth:`evaluate`
         returns first."""
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a higher :attr:`primary_metric` is better (default
+        ``True``; see :attr:`Task.greater_is_better`)."""
+        return True
 
     @abc.abstractmethod
     def collate(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

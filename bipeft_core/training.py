@@ -153,6 +153,7 @@ def train_model(
     on_step: Callable[[int], None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     eligible: Callable[[torch.nn.Module], bool] | None = None,
+    maximize: bool = True,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with AdamW + linear decay + clipping for
     ``settings.epochs``; after each epoch evaluate and keep the best state
@@ -162,6 +163,9 @@ def train_model(
     metrics, the best epoch, the wall time and the median time of a training
     step (forward, backward and optimiser step; evaluation excluded); the
     best state is loaded back.
+
+    ``maximize``: whether a higher first metric is better (``False`` for
+    perplexity and other losses).
 
     ``eligible(model)``: whether the state at the end of an epoch may be kept
     as the best (each epoch's record says so under ``eligible``); a method
@@ -247,7 +251,8 @@ def train_model(
             allowed = True
             if eligible is not None:
                 record["eligible"] = allowed = bool(eligible(model))
-            if allowed and (best is None or metrics[key] > best[0]):
+            better = best is None or (metrics[key] > best[0] if maximize else metrics[key] < best[0])
+            if allowed and better:
                 best = (metrics[key], epoch, {names[id(p)]: p.detach().clone() for p in params})
         epochs.append(record)
         if ckpt is not None and dist.is_main:

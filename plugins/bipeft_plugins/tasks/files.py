@@ -35,7 +35,7 @@ from bipeft_plugins.metrics import metric_path
 from bipeft_plugins.tasks.readers import _read_data_file, cap_rows, read_jsonl, s3delta_split
 from bipeft_plugins.tasks.text import TextTask
 
-__all__ = ["FILE_METRICS", "FileTask", "file_task", "read_table"]
+__all__ = ["FILE_METRICS", "FileTask", "file_task", "make_splits", "read_table"]
 
 #: The shipped metrics a task on own data may name, with their primary key.
 FILE_METRICS = {"accuracy": "accuracy", "f1": "f1", "matthews_correlation": "matthews_correlation",
@@ -110,6 +110,29 @@ def _label_text(value: Any) -> str:
     return str(value).strip()
 
 
+def make_splits(train: list[Any], val: list[Any] | None, test: list[Any] | None, *, seed: int,
+                source: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """Train, validation and test rows from the files given (the module
+    docstring's table); ``source`` names the training file in errors."""
+    if val is None:
+        share = 0.1 if test is not None else 0.2
+        n = max(1, int(round(len(train) * share)))
+        if len(train) - n < 1 or (test is None and n < 2):
+            raise DataError(f"{source!r} has {len(train)} example(s): too few to split off a validation and a "
+                            "test set; give more rows, or --validation-file and --test-file")
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        held = set(order[:n])
+        val = [train[i] for i in order[:n]]
+        train = [r for i, r in enumerate(train) if i not in held]
+    if test is None:
+        if len(val) < 2:
+            raise DataError(f"the validation set has {len(val)} example: too few to halve into validation and "
+                            "test; give more rows or a --test-file")
+        train, val, test = s3delta_split(train, val, protocol="halve", seed=seed)
+    return train, val, test
+
+
 @attrs.frozen(kw_only=True)
 class FileTask(TextTask):
     """A text task on the user's files (see the module docstring)."""
@@ -166,29 +189,14 @@ class FileTask(TextTask):
         train = self._rows(self.train_file, "training")
         val = self._rows(self.validation_file, "validation") if self.validation_file else None
         test = self._rows(self.test_file, "test") if self.test_file else None
-        if val is None:
-            share = 0.1 if test is not None else 0.2
-            n = max(1, int(round(len(train) * share)))
-            if len(train) - n < 1 or (test is None and n < 2):
-                raise DataError(f"{self.train_file!r} has {len(train)} example(s): too few to split off a "
-                                "validation and a test set; give more rows, or --validation-file and --test-file")
-            order = list(range(len(train)))
-            random.Random(seed).shuffle(order)
-            held = set(order[:n])
-            val = [train[i] for i in order[:n]]
-            train = [r for i, r in enumerate(train) if i not in held]
-        if test is None:
-            if len(val) < 2:
-                raise DataError(f"the validation set has {len(val)} example: too few to halve into validation and "
-                                "test; give more rows or a --test-file")
-            train, val, test = s3delta_split(train, val, protocol="halve", seed=seed)
+        train, val, test = make_splits(train, val, test, seed=seed, source=self.train_file)
         train = cap_rows(train, max_train_examples, seed=seed)
         feats = self.features()
         return datasets.DatasetDict({name: datasets.Dataset.from_list(rows, features=feats)
                                      for name, rows in (("train", train), ("validation", val), ("test", test))})
 
 
-def file_task(data: Mapping[str, Any]) -> FileTask:
+def file_task(data: Mapping[str, Any]) -> Any:
     """The :class:`FileTask` of a ``[data]`` table (see
     :class:`bipeft_core.spec.DataSpec`): reads the training file to learn
     the labels and whether they are classes or values."""
@@ -199,12 +207,16 @@ def file_task(data: Mapping[str, Any]) -> FileTask:
     label = data.get("label_column") or "label"
     if label in columns:
         raise SpecError(f"[data] label_column {label!r} is also a text column; give different columns")
+    kind = data.get("kind") or "auto"
+    if kind == "causal_lm":
+        from bipeft_plugins.tasks.lm import causal_lm_task
+
+        return causal_lm_task(data)  # type: ignore[return-value]
     metric = data.get("metric")
     if metric is not None and metric not in FILE_METRICS:
         raise SpecError(f"[data] metric = {metric!r} is not a shipped metric; choose one of {sorted(FILE_METRICS)}")
     raw = read_table(train_file, [*columns, label])
     values = [r[label] for r in raw]
-    kind = data.get("kind") or "auto"
     if kind == "auto":
         numbers = [_number(v) for v in values]
         fractional = all(n is not None for n in numbers) and any(not n.is_integer() for n in numbers if n is not None)
