@@ -43,8 +43,18 @@ def epoch_listener(listener: Callable[[int, dict[str, Any]], None] | None) -> It
 
 def precision(settings: Any, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
     """The context of a forward pass and its loss: bfloat16 autocast when
-    ``settings.mixed_precision == "bf16"``, else nothing."""
-    if getattr(settings, "mixed_precision", None) == "bf16":
+    ``settings.mixed_precision == "bf16"``, else nothing. A spec that leaves
+    it unset takes the mixed precision of the user's ``accelerate`` config
+    (``accelerate launch --mixed_precision`` / ``accelerate config``, which
+    the launcher passes as ``ACCELERATE_MIXED_PRECISION``)."""
+    mode = getattr(settings, "mixed_precision", None)
+    if mode is None:
+        mode = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+        if mode == "fp16":
+            raise TrainingError("the accelerate config asks for fp16 mixed precision, which bipeft does not use "
+                                "(its losses need bfloat16's range); choose bf16 in accelerate config, or set "
+                                "train.mixed_precision = \"no\" to ignore it")
+    if mode == "bf16":
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -174,3 +174,19 @@ def test_plain_trainer_retrains_a_structure_with_its_defaults(plugins, tmp_path)
     trainer(resumed, 4).train(resume_from_checkpoint=str(tmp_path / "t" / "checkpoint-2"))
     for k, v in resumed.trainable_state_dict().items():
         torch.testing.assert_close(v, after[k], atol=1e-6, rtol=0)
+
+
+def test_the_accelerate_config_mixed_precision_is_honoured_unless_the_spec_says(monkeypatch):
+    from bipeft_core.training import precision
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with precision(TrainSpec(), "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with precision(TrainSpec(mixed_precision="no"), "cpu"):  # the spec wins
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(TrainingError, match="fp16"):
+        precision(TrainSpec(), "cpu")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    with precision(TrainSpec(), "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
