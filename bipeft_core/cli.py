@@ -87,12 +87,12 @@ SPEC_FLAGS = (("spec", "--spec"), ("task", "--task"), ("model", "--model"), ("bu
               ("space", "--space"), ("epochs", "--epochs"), ("seed", "--seed"), ("max_train", "--max-train"),
               ("train_file", "--train-file"), ("validation_file", "--validation-file"), ("test_file", "--test-file"),
               ("text_columns", "--text-columns"), ("label_column", "--label-column"), ("metric", "--metric"),
-              ("task_kind", "--task-kind"), ("set", "--set"))
+              ("task_kind", "--task-kind"), ("dataset", "--dataset"), ("set", "--set"))
 
 #: The own-data options, as (attribute, key of the spec's [data] table).
 DATA_FLAGS = (("train_file", "train_file"), ("validation_file", "validation_file"), ("test_file", "test_file"),
               ("text_columns", "text_columns"), ("label_column", "label_column"), ("metric", "metric"),
-              ("task_kind", "kind"))
+              ("task_kind", "kind"), ("dataset", "dataset"))
 
 
 def _given_flags(args: argparse.Namespace) -> list[str]:
@@ -120,7 +120,7 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None, plu
         if isinstance(data.get("budget"), (str, int)):
             data["budget"] = {"value": data["budget"]}
     else:
-        if not args.task and not getattr(args, "train_file", None):
+        if not args.task and not getattr(args, "train_file", None) and not getattr(args, "dataset", None):
             raise BipeftError("give a task (--task stsb), your own data (--train-file FILE --text-columns a,b "
                               "--label-column y) or a spec (--spec FILE)")
         data = default_spec(args.task or None, plugins)
@@ -530,6 +530,8 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="a local model folder or a hub id (default: MiniLM from bipeft[demo])")
     g.add_argument("--train-file", help="your own data instead of --task: a CSV, JSON or JSON Lines file "
                                         "(docs/own-data.md)")
+    g.add_argument("--dataset", help="own data from any datasets.load_dataset source (a hub id, a local dataset "
+                                     "folder, ...) instead of --train-file; splits: --set data.train_split=...")
     g.add_argument("--validation-file", help="own data: the validation file (default: split from the training file)")
     g.add_argument("--test-file", help="own data: the test file (default: split from what is given)")
     g.add_argument("--text-columns", help="own data: one or two text columns, comma-separated (default: text)")

@@ -274,16 +274,30 @@ class DataSpec:
     spearmanr (``None``: accuracy for classification, pearsonr for regression)."""
     name: str | None = None
     """The task's name in reports (``None``: the training file's stem)."""
+    dataset: str | None = None
+    """Instead of files: any ``datasets.load_dataset`` source (a hub id, a
+    local dataset folder, or a builder such as ``"parquet"`` with files);
+    the splits named by ``train_split`` and the optional
+    ``validation_split`` and ``test_split``."""
+    dataset_config: str | None = None
+    """The ``load_dataset`` config name (``None``: its default)."""
+    train_split: str | None = None
+    """The training split of ``dataset`` (``None``: ``"train"``)."""
+    validation_split: str | None = None
+    test_split: str | None = None
 
     def __attrs_post_init__(self) -> None:
         given = [f.name for f in attrs.fields(type(self)) if getattr(self, f.name) is not None]
-        if given and self.train_file is None:
-            raise SpecError(f"[data] gives {given} but no train_file; add train_file = \"path/to/train.csv\" "
-                            "(bipeft: --train-file FILE)")
+        if given and self.train_file is None and self.dataset is None:
+            raise SpecError(f"[data] gives {given} but no train_file (or dataset); add train_file = "
+                            "\"path/to/train.csv\" (bipeft: --train-file FILE)")
+        if self.train_file is not None and self.dataset is not None:
+            raise SpecError(f"[data] gives both train_file = {self.train_file!r} and dataset = {self.dataset!r}; "
+                            "keep one")
 
     @property
     def given(self) -> bool:
-        return self.train_file is not None
+        return self.train_file is not None or self.dataset is not None
 
     @classmethod
     def parse(cls, value: Any) -> DataSpec:

@@ -206,3 +206,22 @@ def test_causal_lm_data_errors(tmp_path):
         file_task({"train_file": str(train), "text_columns": ["text"], "kind": "causal_lm", "metric": "accuracy"})
     with pytest.raises(DataError, match="no column 'body'|no field 'body'"):
         file_task({"train_file": str(train), "text_columns": ["body"], "kind": "causal_lm"})
+
+
+def test_a_datasets_load_dataset_source_instead_of_files(tmp_path):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    _csv(folder / "train.csv", _rows(40))
+    _csv(folder / "validation.csv", _rows(10, seed=3))
+    data = {"dataset": str(folder), "train_split": "train", "validation_split": "validation",
+            "text_columns": ["review"], "label_column": "y"}
+    task = file_task(data)
+    assert task.name == "reviews" and task.label_names == ("neg", "pos")
+    splits = task.load(seed=0)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (40, 5, 5)
+    spec = PipelineSpec.from_dict({"budget": "0.1%", "data": data})
+    assert spec.data.given and PipelineSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(DataError, match="load_dataset.*split='dev'"):
+        file_task({**data, "train_split": "dev"})
+    with pytest.raises(SpecError, match="keep one"):
+        PipelineSpec.from_dict({"budget": "0.1%", "data": {**data, "train_file": "a.csv"}})

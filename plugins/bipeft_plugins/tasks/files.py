@@ -91,6 +91,38 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str]) -> list[dic
     return rows
 
 
+def read_dataset_split(source: str, config: str | None, split: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of one split of a ``datasets.load_dataset`` source, checked
+    to have ``columns``; :class:`DataError` with the loader's reason."""
+    import datasets
+
+    where = f"datasets.load_dataset({source!r}, {config!r}, split={split!r})"
+    try:
+        ds = datasets.load_dataset(source, config, split=split)
+    except Exception as exc:  # missing dataset, no network, unknown split: one message
+        raise DataError(f"{where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                        "check the dataset name (a hub id needs the network; a local folder or a builder such "
+                        "as 'csv' or 'parquet' with data files works offline) and the split names") from None
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are "
+                        f"{ds.column_names}. Name the right ones with --text-columns and --label-column")
+    if len(ds) == 0:
+        raise DataError(f"{where} holds no examples")
+    return [dict(r) for r in ds]
+
+
+def _source_rows(data: Mapping[str, Any], which: str, columns: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The raw rows of split ``which`` (``train``, ``validation``, ``test``)
+    from the ``[data]`` table's files or dataset; ``None`` when not given."""
+    if data.get("dataset"):
+        split = data.get(f"{which}_split") or ("train" if which == "train" else None)
+        return None if split is None else read_dataset_split(data["dataset"], data.get("dataset_config"), split,
+                                                              columns)
+    path = data.get(f"{which}_file")
+    return None if not path else read_table(path, columns)
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -141,6 +173,8 @@ class FileTask(TextTask):
     validation_file: str | None = None
     test_file: str | None = None
     label_column: str = "label"
+    source: Mapping[str, Any] = attrs.field(factory=dict)
+    """The ``[data]`` table the task was made from (its files or dataset)."""
     benchmark: str = ""
     folder: str = ""
     file_format: str = _FORMAT
@@ -152,9 +186,9 @@ class FileTask(TextTask):
     def _columns(self) -> list[str]:
         return [*self.input_fields, self.label_column]
 
-    def _rows(self, path: str, split: str) -> list[dict[str, Any]]:
+    def _rows(self, path: str, split: str, raw_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         out = []
-        for n, raw in enumerate(read_table(path, self._columns())):
+        for n, raw in enumerate(raw_rows if raw_rows is not None else read_table(path, self._columns())):
             row: dict[str, Any] = {f: "" if raw[f] is None else str(raw[f]) for f in self.input_fields}
             where = f"{path!r} row {n + 1}"
             value = raw[self.label_column]
@@ -186,10 +220,15 @@ class FileTask(TextTask):
         given files (module docstring); ``data_dir`` is not used."""
         import datasets
 
-        train = self._rows(self.train_file, "training")
-        val = self._rows(self.validation_file, "validation") if self.validation_file else None
-        test = self._rows(self.test_file, "test") if self.test_file else None
-        train, val, test = make_splits(train, val, test, seed=seed, source=self.train_file)
+        source = dict(self.source) or {"train_file": self.train_file, "validation_file": self.validation_file,
+                                       "test_file": self.test_file}
+        parts = {}
+        for which, word in (("train", "training"), ("validation", "validation"), ("test", "test")):
+            raw = _source_rows(source, which, self._columns())
+            name = source.get(f"{which}_file") or f"{source.get('dataset')}[{source.get(f'{which}_split')}]"
+            parts[which] = None if raw is None else self._rows(str(name), word, raw)
+        train, val, test = make_splits(parts["train"], parts["validation"], parts["test"], seed=seed,
+                                       source=self.train_file)
         train = cap_rows(train, max_train_examples, seed=seed)
         feats = self.features()
         return datasets.DatasetDict({name: datasets.Dataset.from_list(rows, features=feats)
@@ -200,9 +239,10 @@ def file_task(data: Mapping[str, Any]) -> Any:
     """The :class:`FileTask` of a ``[data]`` table (see
     :class:`bipeft_core.spec.DataSpec`): reads the training file to learn
     the labels and whether they are classes or values."""
-    train_file = data.get("train_file")
+    train_file = data.get("train_file") or (f"{data['dataset']}[{data.get('train_split') or 'train'}]"
+                                            if data.get("dataset") else None)
     if not train_file:
-        raise SpecError("[data] needs train_file (bipeft: --train-file FILE)")
+        raise SpecError("[data] needs train_file (bipeft: --train-file FILE) or dataset")
     columns = tuple(data.get("text_columns") or ("text",))
     label = data.get("label_column") or "label"
     if label in columns:
@@ -215,7 +255,7 @@ def file_task(data: Mapping[str, Any]) -> Any:
     metric = data.get("metric")
     if metric is not None and metric not in FILE_METRICS:
         raise SpecError(f"[data] metric = {metric!r} is not a shipped metric; choose one of {sorted(FILE_METRICS)}")
-    raw = read_table(train_file, [*columns, label])
+    raw = _source_rows(data, "train", [*columns, label]) or []
     values = [r[label] for r in raw]
     if kind == "auto":
         numbers = [_number(v) for v in values]
@@ -240,11 +280,12 @@ def file_task(data: Mapping[str, Any]) -> Any:
                             "pearsonr or spearmanr")
         metric = metric or "pearsonr"
         names = []
-    name = data.get("name") or Path(train_file).stem
+    name = data.get("name") or (Path(train_file).stem if data.get("train_file") else
+                                str(data["dataset"]).rstrip("/").split("/")[-1])
     return FileTask(
         name=str(name), primary_metric=FILE_METRICS[metric], kind=kind, label_names=tuple(names),
         input_fields=columns, label_column=label, train_file=str(train_file),
-        validation_file=data.get("validation_file"), test_file=data.get("test_file"),
+        validation_file=data.get("validation_file"), test_file=data.get("test_file"), source=dict(data),
         files={"train": str(train_file), "validation": str(data.get("validation_file") or "")},
         metric=str(metric_path(metric)), description=f"own data from {train_file}",
     )

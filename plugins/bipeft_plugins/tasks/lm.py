@@ -20,7 +20,7 @@ from torch import nn
 
 from bipeft_core.errors import DataError, SpecError
 from bipeft_core.tasks import PreparedTask, Task
-from bipeft_plugins.tasks.files import make_splits, read_table
+from bipeft_plugins.tasks.files import _source_rows, make_splits
 from bipeft_plugins.tasks.readers import cap_rows
 
 __all__ = ["CausalLMTask", "PreparedCausalLM", "causal_lm_task"]
@@ -34,26 +34,32 @@ class CausalLMTask(Task):
     validation_file: str | None = None
     test_file: str | None = None
     text_column: str = "text"
+    source: Mapping[str, Any] = attrs.field(factory=dict)
+    """The ``[data]`` table the task was made from (its files or dataset)."""
     max_length: int = 128
     kind: str = "language_modeling"  # type: ignore[assignment]
     greater_is_better: bool = False
 
-    def _rows(self, path: str) -> list[dict[str, Any]]:
+    def _rows(self, which: str) -> list[dict[str, Any]] | None:
+        source = dict(self.source) or {"train_file": self.train_file, "validation_file": self.validation_file,
+                                       "test_file": self.test_file}
+        raw = _source_rows(source, which, [self.text_column])
+        if raw is None:
+            return None
         rows = [{"text": "" if r[self.text_column] is None else str(r[self.text_column]), "idx": n}
-                for n, r in enumerate(read_table(path, [self.text_column]))]
+                for n, r in enumerate(raw)]
         rows = [r for r in rows if r["text"].strip()]
         if not rows:
-            raise DataError(f"{path!r}: every {self.text_column!r} value is empty; a language-model task needs text")
+            raise DataError(f"the {which} split of {self.train_file!r}: every {self.text_column!r} value is empty; "
+                            "a language-model task needs text")
         return rows
 
     def load(self, data_dir: str | os.PathLike[str] | None = None, *, seed: int = 42,
              max_train_examples: int | None = None) -> Any:
         import datasets
 
-        train = self._rows(self.train_file)
-        val = self._rows(self.validation_file) if self.validation_file else None
-        test = self._rows(self.test_file) if self.test_file else None
-        train, val, test = make_splits(train, val, test, seed=seed, source=self.train_file)
+        train, val, test = make_splits(self._rows("train") or [], self._rows("validation"), self._rows("test"),
+                                       seed=seed, source=self.train_file)
         train = cap_rows(train, max_train_examples, seed=seed)
         feats = self.features()
         return datasets.DatasetDict({name: datasets.Dataset.from_list(rows, features=feats)
@@ -172,8 +178,10 @@ def causal_lm_task(data: Mapping[str, Any]) -> CausalLMTask:
     metric = data.get("metric")
     if metric not in (None, "perplexity"):
         raise SpecError(f"[data] metric = {metric!r}: a language-model task is scored by perplexity")
-    train_file = str(data["train_file"])
-    read_table(train_file, list(columns))  # the file and its column, checked now
-    return CausalLMTask(name=str(data.get("name") or Path(train_file).stem), primary_metric="perplexity",
+    train_file = str(data.get("train_file") or f"{data.get('dataset')}[{data.get('train_split') or 'train'}]")
+    _source_rows(data, "train", list(columns))  # the file (or dataset) and its column, checked now
+    name = data.get("name") or (Path(train_file).stem if data.get("train_file") else
+                                str(data["dataset"]).rstrip("/").split("/")[-1])
+    return CausalLMTask(name=str(name), primary_metric="perplexity", source=dict(data),
                         train_file=train_file, validation_file=data.get("validation_file"),
                         test_file=data.get("test_file"), text_column=columns[0], input_fields=("text",))
