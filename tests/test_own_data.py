@@ -199,6 +199,10 @@ def test_cli_runs_a_causal_language_model_on_a_text_column(tiny_causal_lm, tmp_p
 
 
 def test_causal_lm_data_errors(tmp_path):
+    from bipeft_plugins.tasks import (
+        bipeft_task_from_data as file_task,  # the hook picks the language-model task
+    )
+
     train = _jsonl(tmp_path / "t.jsonl", [{"text": "a b c"}] * 10)
     with pytest.raises(SpecError, match="one text column"):
         file_task({"train_file": str(train), "text_columns": ["text", "other"], "kind": "causal_lm"})

@@ -23,10 +23,13 @@ files, hook ``bipeft_task_from_data``). A third party's text task subclasses
 
 from __future__ import annotations
 
+from typing import Any
+
 from bipeft_core.hookspecs import hookimpl
 from bipeft_plugins.tasks._formats import DATA_LAYOUT
-from bipeft_plugins.tasks.files import FileTask, bipeft_task_from_data, file_task
+from bipeft_plugins.tasks.files import FileTask, file_task
 from bipeft_plugins.tasks.glue import GLUE, GLUE_TASKS, GlueTask
+from bipeft_plugins.tasks.lm import CausalLMTask, causal_lm_task
 from bipeft_plugins.tasks.models import build_model, load_model, model_family
 from bipeft_plugins.tasks.readers import (
     DATA_DIR_ENV,
@@ -51,6 +54,7 @@ __all__ = [
     "COPATask",
     "DATA_DIR_ENV",
     "DATA_LAYOUT",
+    "CausalLMTask",
     "FileTask",
     "GLUE",
     "GLUE_TASKS",
@@ -68,6 +72,7 @@ __all__ = [
     "build_model",
     "bipeft_task_from_data",
     "cap_rows",
+    "causal_lm_task",
     "file_task",
     "load_model",
     "model_family",
@@ -87,3 +92,13 @@ def bipeft_register_tasks(registry: object) -> None:
     """Register the built-in GLUE and SuperGLUE tasks."""
     for task in TASKS:
         registry.add(task)  # type: ignore[attr-defined]
+
+
+@hookimpl
+def bipeft_task_from_data(data: dict[str, Any]) -> TextTask | CausalLMTask:
+    """The built-in reader of own data (files or a ``datasets.load_dataset``
+    source): a causal language-model task for ``kind = "causal_lm"``, else a
+    text classification or regression task."""
+    if (data.get("kind") or "auto") == "causal_lm":
+        return causal_lm_task(data)
+    return file_task(data)

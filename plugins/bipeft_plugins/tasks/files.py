@@ -30,7 +30,6 @@ from typing import Any
 import attrs
 
 from bipeft_core.errors import DataError, SpecError
-from bipeft_core.hookspecs import hookimpl
 from bipeft_plugins.metrics import metric_path
 from bipeft_plugins.tasks.readers import _read_data_file, cap_rows, read_jsonl, s3delta_split
 from bipeft_plugins.tasks.text import TextTask
@@ -235,7 +234,7 @@ class FileTask(TextTask):
                                      for name, rows in (("train", train), ("validation", val), ("test", test))})
 
 
-def file_task(data: Mapping[str, Any]) -> Any:
+def file_task(data: Mapping[str, Any]) -> FileTask:
     """The :class:`FileTask` of a ``[data]`` table (see
     :class:`bipeft_core.spec.DataSpec`): reads the training file to learn
     the labels and whether they are classes or values."""
@@ -249,9 +248,8 @@ def file_task(data: Mapping[str, Any]) -> Any:
         raise SpecError(f"[data] label_column {label!r} is also a text column; give different columns")
     kind = data.get("kind") or "auto"
     if kind == "causal_lm":
-        from bipeft_plugins.tasks.lm import causal_lm_task
-
-        return causal_lm_task(data)  # type: ignore[return-value]
+        raise SpecError("[data] kind = 'causal_lm' is a language-model task: make it with "
+                        "bipeft_plugins.tasks.lm.causal_lm_task (the hook bipeft_task_from_data does)")
     metric = data.get("metric")
     if metric is not None and metric not in FILE_METRICS:
         raise SpecError(f"[data] metric = {metric!r} is not a shipped metric; choose one of {sorted(FILE_METRICS)}")
@@ -289,9 +287,3 @@ def file_task(data: Mapping[str, Any]) -> Any:
         files={"train": str(train_file), "validation": str(data.get("validation_file") or "")},
         metric=str(metric_path(metric)), description=f"own data from {train_file}",
     )
-
-
-@hookimpl
-def bipeft_task_from_data(data: dict[str, Any]) -> FileTask:
-    """The built-in reader of own data files: CSV, JSON and JSON Lines."""
-    return file_task(data)
