@@ -56,7 +56,7 @@ from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.distributed import Dist
 from bipeft_core.errors import TrainingError
 from bipeft_core.interfaces import Optimizer
-from bipeft_core.repair import refill_to_budget, repair_to_budget
+from bipeft_core.repair import refill_to_budget, repair_to_budget, structure_count
 from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
 from bipeft_core.training import (
@@ -369,6 +369,8 @@ class SearchLoop:
         self.state = SearchState(supernet=self.supernet, specs=self.specs, budget=self.budget, steps_per_epoch=0)
         self.started = time.perf_counter()
         self._cursor = _Cursor()
+        self.curve_budgets = tuple(sorted(set(ctx.curve_budgets), reverse=True))
+        self._snapshots: dict[int, dict[str, Any]] = {}
 
     @property
     def epoch(self) -> int:
@@ -454,6 +456,7 @@ class SearchLoop:
         self._cursor = _Cursor(**data["cursor"])
         self.trace = [TriggerEvent.from_dict(e) for e in data["trace"]]
         self.history = list(data["history"])
+        self._snapshots = dict(data.get("curve") or {})
         self.gate_generator.set_state(data["rng"]["gates"])
         torch.set_rng_state(data["rng"]["torch"])
         self._elapsed_before = data["elapsed"]
@@ -467,7 +470,7 @@ class SearchLoop:
             "components": {kind: comp.state_dict() for kind, comp in self.components.items()},
             "optimizer_state": self.strategy.state_dict(), "state": self.state.state_dict(),
             "cursor": attrs.asdict(self._cursor), "trace": [e.to_dict() for e in self.trace],
-            "history": self.history,
+            "history": self.history, "curve": self._snapshots,
             "rng": {"gates": self.gate_generator.get_state(), "torch": torch.get_rng_state()},
             "elapsed": time.perf_counter() - self.started,
         })
@@ -594,6 +597,8 @@ class SearchLoop:
             if trigger.should_fire(state):
                 self.trace.append(self._fire())
                 fired = True
+                if self.curve_budgets:
+                    self._snapshot()
         if dist.enabled:  # every step: whether it fired, what is pruned and fixed, must agree on all ranks
             dist.check_same(f"the decisions of step {state.step}", torch.tensor([fired]), sn.pruned, sn.fixed_rank)
         self.history.append(strategy.history_record(
@@ -675,6 +680,33 @@ class SearchLoop:
         return event
 
     # -- the result --------------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """After a firing: the structure the search would end with now, kept
+        for every larger budget it first fits (before its repair and re-fill)."""
+        choices = dict(self.strategy.final_choices(self))
+        count = structure_count(self.specs, choices)
+        for b in self.curve_budgets:
+            if b not in self._snapshots and count <= b:
+                scores = list(self.strategy.repair_scores(self)) if self.strategy.repairs else None
+                self._snapshots[b] = {"choices": choices, "scores": scores, "step": self.state.step, "count": count}
+
+    def _curve(self, final: Mapping[int, int | None], final_scores: Sequence[float] | None) -> list[dict[str, Any]]:
+        """Each larger budget's structure, repaired and re-filled to it as a
+        search at that budget is: from the step where the search's structure
+        first fitted it, else (no firing reached it) from the final one."""
+        out = []
+        for b in sorted(self.curve_budgets):
+            snap = self._snapshots.get(b)
+            choices, scores, step, source = ((snap["choices"], snap["scores"], snap["step"], "first fit")
+                                             if snap else (final, final_scores, self.state.step, "final"))
+            ctx = attrs.evolve(self.ctx, budget=b)
+            r = build_result(ctx, self.strategy.name, choices, self.started, scores=scores,
+                             repair=self.strategy.repairs, refill=self.strategy.refills)
+            out.append({"budget": b, "step": step, "source": source, "count": r.count,
+                        "budget_met": r.budget_met, "structure": r.structure.to_dict(),
+                        "repair_log": list(r.repair_log), "refill_log": list(r.refill_log)})
+        return out
+
     def _result(self) -> SearchResult:
         strategy, state = self.strategy, self.state
         choices = strategy.final_choices(self)
@@ -683,7 +715,8 @@ class SearchLoop:
             notes.append(f"the epochs ran out with {state.triggers_left} triggers left")
         if self.control.stop_requested:
             notes.append(f"stopped early: {self.control.reason}")
+        scores = strategy.repair_scores(self) if strategy.repairs else None
+        extra = {"curve": self._curve(choices, scores)} if self.curve_budgets else None
         return build_result(self.ctx, strategy.name, choices, self.started, steps=state.step, trace=self.trace,
-                            history=self.history, notes=notes,
-                            scores=strategy.repair_scores(self) if strategy.repairs else None,
-                            repair=strategy.repairs, refill=strategy.refills)
+                            history=self.history, notes=notes, scores=scores,
+                            repair=strategy.repairs, refill=strategy.refills, extra=extra)

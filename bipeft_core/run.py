@@ -81,9 +81,12 @@ def search_context(pipeline: Any, model: nn.Module, train: Sequence[Any], valida
     space = components["optimizer"].adapt_space(pipeline.resolved_space())
     specs = space.modules(model, tm, plugins.peft_modules)
     total = backbone_param_count(model, tm)
-    budget = pipeline.budget.resolve(total)
+    resolved = sorted({b.resolve(total) for b in (pipeline.budget, *getattr(pipeline, "budgets", ()))})
+    budget, curve = resolved[0], tuple(resolved[1:])
     if components["optimizer"].budgeted:
         check_budget(specs, budget)
+        if curve:
+            check_budget(specs, curve[-1])
     train, collate_fn, loss_fn, evaluate_fn = _training_functions(
         task, settings, train, validation, collate_fn, loss_fn, evaluate_fn)
     from bipeft_core.distributed import setup
@@ -98,7 +101,7 @@ def search_context(pipeline: Any, model: nn.Module, train: Sequence[Any], valida
         hook=plugins.hook, validation=validation, evaluate=evaluate_fn, space_name=space.name,
         model_type=getattr(model.config, "model_type", ""), device=device, progress=progress,
         checkpoint=CheckpointManager(checkpoint_dir, every=checkpoint_every) if checkpoint_dir else None,
-        resume=resume, dist=dist,
+        resume=resume, dist=dist, curve_budgets=curve,
     )
 
 

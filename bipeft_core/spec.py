@@ -460,6 +460,11 @@ class PipelineSpec:
     """
 
     budget: Budget = attrs.field(converter=_parse_budget)
+    budgets: tuple[Budget, ...] = attrs.field(default=(), converter=lambda v: tuple(_parse_budget(b) for b in v))
+    """More budgets for one search (``[budget] budgets = [...]``, ``--budgets``):
+    the search runs down to the smallest of these and :attr:`budget`, and
+    records on its way the structure of each larger one (a budget-to-quality
+    curve; docs/budgets.md). Empty by default."""
     space: SpaceSpec = attrs.field(factory=SpaceSpec, converter=_parse_space)
     """``None`` (or no name): the default spec's space, filled in by the pipeline."""
     model: ModelSpec = attrs.field(factory=ModelSpec, converter=_parse_model)
@@ -491,6 +496,15 @@ class PipelineSpec:
             raise SpecError(f"{source}: unknown table(s) {unknown}; a spec has {allowed}")
         if "budget" not in data:
             raise SpecError(f"{source}: no budget; add e.g. budget = \"0.1%\" or [budget] value = \"102600\"")
+        raw_budget = data["budget"]
+        budgets: list[Any] = []
+        if isinstance(raw_budget, Mapping) and "budgets" in raw_budget:
+            raw_budget = dict(raw_budget)
+            budgets = raw_budget.pop("budgets")
+            if not isinstance(budgets, list) or not budgets:
+                raise SpecError(f"{source}: [budget] budgets = {budgets!r}: give a list, e.g. [\"0.05%\", \"0.2%\"]")
+            if "value" not in raw_budget:
+                raw_budget["value"] = budgets[0]
         search = dict(data.get("search") or {})
         if not isinstance(search, dict):
             raise SpecError(f"{source}: [search] must be a table")
@@ -504,7 +518,8 @@ class PipelineSpec:
             search.setdefault(key, value)
             retrain.setdefault(key, value)
         try:
-            return cls(model=data.get("model"), budget=_budget(data["budget"]), space=data.get("space"),
+            return cls(model=data.get("model"), budget=_budget(raw_budget),
+                       budgets=tuple(_budget(b) for b in budgets), space=data.get("space"),
                        search_settings=search, retrain_settings=retrain, **components,
                        data=data.get("data"), **extra)
         except SpecError as exc:
@@ -528,6 +543,8 @@ class PipelineSpec:
         if model:
             out["model"] = model
         out["budget"] = {"value": self.budget.to_value()}
+        if self.budgets:
+            out["budget"]["budgets"] = [b.to_value() for b in self.budgets]
         space = self.space.to_dict()
         if space:
             out["space"] = space

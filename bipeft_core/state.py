@@ -246,4 +246,8 @@ class SearchContext:
     """Continue from the checkpoint if there is one."""
     dist: Any = None
     """The :class:`~bipeft_core.distributed.Dist` of a multi-process run (``None``: one process)."""
+    curve_budgets: tuple[int, ...] = ()
+    """Larger budgets whose structures the search records on its way down
+    to :attr:`budget` (a budget-to-quality curve from one search; none by
+    default)."""
     started: float = attrs.field(factory=time.perf_counter)

@@ -1,0 +1,44 @@
+"""Several budgets from one search: the search runs down to the smallest
+budget and records the structure of each larger one on its way, each
+repaired and re-filled to its budget as a search at that budget is."""
+
+from __future__ import annotations
+
+from bipeft_core import Pipeline, load_plugins
+from bipeft_core.structure import Structure
+from bipeft_core.testing import tiny_model
+from bipeft_core.testing import toy_examples as synthetic
+
+
+def _pipe(**kw):
+    return Pipeline(trigger={"name": "budget_stability", "warmup_epochs": 0.5, "max_triggers": 10, "window": 2,
+                             "spread": False, "fresh": False},
+                    search_settings={"epochs": 6, "batch_size": 16, "lr": 1e-3},
+                    retrain_settings={"epochs": 1, "batch_size": 16}, plugins=load_plugins(entry_points=False), **kw)
+
+
+def test_one_search_records_a_structure_per_budget():
+    train = synthetic(192)
+    result = _pipe(budget=1500, budgets=["3000", "6000"]).search(tiny_model("bert"), train)
+    assert result.budget == 1500 and result.count <= 1500
+    curve = result.extra["curve"]
+    assert [c["budget"] for c in curve] == [3000, 6000]
+    previous_step = None
+    for c in curve:
+        structure = Structure.from_dict(c["structure"])
+        assert structure.count() == c["count"] <= c["budget"] and c["budget_met"]
+        assert c["count"] >= 0.97 * c["budget"] or c["refill_log"] == []  # re-filled wherever something fits
+        if c["source"] == "first fit":  # a larger budget is fitted no later than a smaller one
+            assert previous_step is None or c["step"] <= previous_step
+            previous_step = c["step"]
+    assert any(c["source"] == "first fit" for c in curve)
+    # the main result is what a search with only the smallest budget gives
+    single = _pipe(budget=1500).search(tiny_model("bert"), train)
+    assert single.structure == result.structure
+
+
+def test_the_smallest_budget_leads_whatever_the_order():
+    spec = Pipeline.from_dict({"budget": {"budgets": ["6000", "1500", "3000"]}}, plugins=load_plugins(entry_points=False))
+    train = synthetic(96)
+    result = _pipe(budget=spec.budget, budgets=spec.budgets).search(tiny_model("bert"), train)
+    assert result.budget == 1500 and [c["budget"] for c in result.extra["curve"]] == [3000, 6000]
