@@ -87,7 +87,7 @@ SPEC_FLAGS = (("spec", "--spec"), ("task", "--task"), ("model", "--model"), ("bu
               ("space", "--space"), ("epochs", "--epochs"), ("seed", "--seed"), ("max_train", "--max-train"),
               ("train_file", "--train-file"), ("validation_file", "--validation-file"), ("test_file", "--test-file"),
               ("text_columns", "--text-columns"), ("label_column", "--label-column"), ("metric", "--metric"),
-              ("task_kind", "--task-kind"), ("dataset", "--dataset"), ("set", "--set"))
+              ("task_kind", "--task-kind"), ("dataset", "--dataset"), ("budgets", "--budgets"), ("set", "--set"))
 
 #: The own-data options, as (attribute, key of the spec's [data] table).
 DATA_FLAGS = (("train_file", "train_file"), ("validation_file", "validation_file"), ("test_file", "test_file"),
@@ -138,6 +138,9 @@ def build_spec(args: argparse.Namespace, base: dict[str, Any] | None = None, plu
             _set(data, f"data.{key}", os.path.abspath(str(value)) if attr.endswith("_file") else value)
     if args.budget:
         data["budget"] = {"value": args.budget}
+    if getattr(args, "budgets", None):
+        values = [b.strip() for b in str(args.budgets).split(",") if b.strip()]
+        data["budget"] = {"value": values[0], "budgets": values}
     if args.space:
         _set(data, "space.name", args.space)
     for table in ("search", "retrain"):
@@ -205,6 +208,12 @@ def _event_plugin(printer: Printer) -> Any:
 
 
 def _summary_text(s: dict[str, Any]) -> str:
+    if s.get("curve"):
+        return _summary_lines(s) + f"\ncurve: {s['curve']} (and curve.png)"
+    return _summary_lines(s)
+
+
+def _summary_lines(s: dict[str, Any]) -> str:
     lines = [f"{s['task']} with {s['strategy']}: {s['peft_params']:,} PEFT parameters "
              f"({100 * s['ratio_of_backbone']:.4f}% of {s['backbone_params']:,}; budget {s['budget']:,}"
              f"{'' if s['budget_met'] else ', NOT met'})"]
@@ -383,6 +392,11 @@ def cmd_show(args: argparse.Namespace, printer: Printer) -> int:
         print(f"strategy {result.strategy}: search {result.wall_time:.1f}s, {len(result.trace)} triggers"
               + ("; " + "; ".join(result.notes) if result.notes else ""))
         print(structure_table(result.structure, result.budget))
+        for c in (result.extra or {}).get("curve", []):
+            from bipeft_core.structure import Structure
+
+            print(f"\nbudget {c['budget']:,} (from step {c['step']}, {c['source']}):")
+            print(structure_table(Structure.from_dict(c["structure"]), c["budget"]))
     if not args.no_plots:
         folder = Path(args.plots) if args.plots else (path if path.is_dir() else path.parent)
         try:
@@ -542,6 +556,8 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
                    help="own data: what the label is (default auto: regression when the labels are numbers "
                         "with fractions); causal_lm: next-token prediction on the text column, perplexity")
     g.add_argument("--budget", help="e.g. 0.1%%, 1.39bp, 22565")
+    g.add_argument("--budgets", help="several budgets from one search, e.g. 0.05%%,0.1%%,0.2%%: re-trains each "
+                                     "and writes curve.json and curve.png (docs/budgets.md)")
     g.add_argument("--space", help="search space name (s1, s2, ...)")
     g.add_argument("--epochs", type=int, help="search and re-train epochs")
     g.add_argument("--seed", type=int, help="seed of the search and the re-train")

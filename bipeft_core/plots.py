@@ -26,7 +26,8 @@ from bipeft_core.report import ReportError, structure_layout, write_text_report
 from bipeft_core.state import SearchResult
 from bipeft_core.structure import Structure
 
-__all__ = ["SEARCH_PLOT", "STRUCTURE_PLOT", "PlotDependencyError", "plot_search", "plot_structure", "write_report"]
+__all__ = ["SEARCH_PLOT", "STRUCTURE_PLOT", "PlotDependencyError", "plot_curve", "plot_search", "plot_structure",
+           "write_report"]
 
 SEARCH_PLOT = "search_progress.png"
 STRUCTURE_PLOT = "structure_heatmap.png"
@@ -299,6 +300,34 @@ def plot_structure(structure: Structure, path: str | Path) -> Path:
     space = f", space {structure.space}" if structure.space else ""
     fig.suptitle(f"structure: {len(structure.entries)} modules, {format_count(structure.count())}{budget} "
                  f"parameters{space}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
+    """The budget-to-quality curve (``curve.json``'s content): the test
+    metric against the exact parameter count, the searched structures joined
+    by a line, the reference methods as labelled points."""
+    fig = _new_figure((7.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    entries = [e for e in curve.get("entries", []) if e.get("metric") is not None]
+    if entries:
+        ax.plot([e["params"] for e in entries], [e["metric"] for e in entries], marker="o",
+                label=f"{curve.get('strategy', 'search')} (one search)")
+        for e in entries:
+            ax.annotate(f"{e['budget']:,}", (e["params"], e["metric"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    for ref in curve.get("reference", []):
+        if ref.get("metric") is None:
+            continue
+        ax.scatter([ref["params"]], [ref["metric"]], marker="s", color="gray")
+        ax.annotate(ref["name"], (ref["params"], ref["metric"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="gray")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters besides the task head (exact count, log scale)")
+    ax.set_ylabel(f"test {curve.get('metric', 'metric')}")
+    ax.set_title(f"{curve.get('task', '')}: metric against parameters")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 

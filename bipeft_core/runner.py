@@ -40,6 +40,7 @@ import attrs
 
 from bipeft_core.errors import BipeftError, SpecError, read_text_file
 from bipeft_core.pipeline import Pipeline
+from bipeft_core.spec import Component
 
 __all__ = ["Run", "RunError", "check_model_path", "default_spec", "is_hub_id", "versions"]
 
@@ -527,7 +528,89 @@ class Run:
             summary.update(metric=metrics["primary_metric"], test=metrics["test"], validation=metrics["validation"],
                            retrain_time=metrics["wall_time"],
                            search_retrain_ratio=summary["search_time"] / max(metrics["wall_time"], 1e-9))
+        curve = result.extra.get("curve") if isinstance(result.extra, dict) else None
+        if curve and "retrain" in stages:
+            summary["curve"] = str(self.curve(data, result, curve, progress=progress))
         if self.dist.is_main:
             _write_json(self.folder / "summary.json", summary)
         self.dist.barrier()
         return summary
+
+    #: The reference points of a curve: fixed methods re-trained with the same recipe.
+    CURVE_REFERENCES = (("lora r=1", {"name": "manual", "method": "lora", "rank": 1}),
+                        ("lora r=2", {"name": "manual", "method": "lora", "rank": 2}),
+                        ("lora r=4", {"name": "manual", "method": "lora", "rank": 4}),
+                        ("lora r=8", {"name": "manual", "method": "lora", "rank": 8}),
+                        ("bitfit", {"name": "manual", "method": "bitfit"}))
+
+    def curve(self, data: Data, result: Any, curve: list[dict[str, Any]], *, progress: bool = False) -> Path:
+        """The budget-to-quality curve of a search with several budgets:
+        re-trains each larger budget's structure (``curve/<budget>/``) and the
+        reference points (LoRA r=1, 2, 4, 8 and BitFit, ``curve/reference/``)
+        with the re-train recipe, and writes ``curve.json`` (one entry per
+        budget: ``budget``, ``params``, ``metric``; the references apart) and
+        ``curve.png``. Each finished point is kept: a resumed run re-trains
+        only the missing ones."""
+        from bipeft_core.structure import Structure
+
+        plugins = self.pipeline.get_plugins()
+        primary = data.prepared.primary_metric
+        main = _read_json(self.folder / "retrain" / "metrics.json")
+        entries = [{"budget": result.budget, "params": result.count, "metric": main["test"].get(primary),
+                    "validation": main["validation"].get(primary), "source": "search", "step": result.steps,
+                    "folder": "."}]
+        for c in curve:
+            folder = self.folder / "curve" / str(c["budget"])
+            metrics = self._point(folder, data, Structure.from_dict(c["structure"]), progress)
+            entries.append({"budget": c["budget"], "params": c["count"], "metric": metrics["test"].get(primary),
+                            "validation": metrics["validation"].get(primary), "source": c["source"],
+                            "step": c["step"], "folder": str(folder.relative_to(self.folder))})
+        references = []
+        for name, optimizer in self.CURVE_REFERENCES:
+            folder = self.folder / "curve" / "reference" / name.replace(" ", "").replace("=", "")
+            structure_file = folder / "structure.json"
+            if structure_file.is_file():
+                structure = Structure.load(structure_file)
+            else:
+                ref = attrs.evolve(self.pipeline, optimizer=Component.parse(optimizer, "curve reference"),
+                                   sensitivity=None, trigger=None, module_selector=None, dimension_selector=None,
+                                   budgets=())
+                structure = ref.search(self.fresh_model(data), data.prepared.train, task=data.prepared).structure
+                if self.dist.is_main:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    structure.save(structure_file)
+            metrics = self._point(folder, data, structure, progress)
+            references.append({"name": name, "params": structure.count(), "metric": metrics["test"].get(primary),
+                               "validation": metrics["validation"].get(primary),
+                               "folder": str(folder.relative_to(self.folder))})
+        doc = {"metric": primary, "task": data.task.name, "strategy": result.strategy,
+               "entries": sorted(entries, key=lambda e: e["budget"]), "reference": references}
+        if self.dist.is_main:
+            _write_json(self.folder / "curve.json", doc)
+            try:
+                from bipeft_core.plots import plot_curve
+
+                plot_curve(doc, self.folder / "curve.png")
+            except ImportError as exc:  # matplotlib is optional: the table is written
+                logger.warning("no curve.png (%s); curve.json is written", exc)
+        return self.folder / "curve.json"
+
+    def _point(self, folder: Path, data: Data, structure: Any, progress: bool) -> dict[str, Any]:
+        """Re-train ``structure`` into ``folder`` (kept: a finished point is read back)."""
+        from safetensors.torch import save_file
+
+        done = folder / "metrics.json"
+        if done.is_file():
+            return _read_json(done)
+        rt = self.pipeline.retrain(self.fresh_model(data), structure, data.prepared.train, data.prepared.validation,
+                                   data.prepared.test, task=data.prepared, progress=progress)
+        metrics = {"epochs": list(rt.epochs), "best_epoch": rt.best_epoch, "validation": rt.validation,
+                   "test": rt.test, "wall_time": rt.wall_time, "peft_params": rt.peft_params,
+                   "primary_metric": data.prepared.primary_metric}
+        if self.dist.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            structure.save(folder / "structure.json")
+            state = {k: v.detach().cpu().contiguous() for k, v in rt.model.trainable_state_dict().items()}
+            save_file(state, str(folder / "adapter.safetensors"), metadata={"format": "bipeft-trainable"})
+            _write_json(done, metrics)
+        return metrics

@@ -42,3 +42,31 @@ def test_the_smallest_budget_leads_whatever_the_order():
     train = synthetic(96)
     result = _pipe(budget=spec.budget, budgets=spec.budgets).search(tiny_model("bert"), train)
     assert result.budget == 1500 and [c["budget"] for c in result.extra["curve"]] == [3000, 6000]
+
+
+def test_cli_budgets_write_the_curve_with_reference_points(tiny_model_dir, data_dir, tmp_path, capsys):
+    import json
+
+    from bipeft_core import cli
+
+    out = tmp_path / "curve-run"
+    args = ["run", "--task", "rte", "--model", str(tiny_model_dir), "--out", str(out), "--max-train", "64",
+            "--epochs", "1", "--budgets", "2000,4000", "--data-dir", str(data_dir),
+            "--set", "search.batch_size=8", "--set", "retrain.batch_size=8",
+            "--set", 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2,'
+                     'spread=false,fresh=false}']
+    assert cli.main(args) == 0
+    assert "curve:" in capsys.readouterr().out
+    curve = json.loads((out / "curve.json").read_text())
+    assert [e["budget"] for e in curve["entries"]] == [2000, 4000]
+    for e in curve["entries"]:
+        assert 0 < e["params"] <= e["budget"] and e["metric"] is not None
+    assert [r["name"] for r in curve["reference"]] == ["lora r=1", "lora r=2", "lora r=4", "lora r=8", "bitfit"]
+    assert curve["reference"][0]["params"] < curve["reference"][3]["params"]  # r=1 holds fewer than r=8
+    assert (out / "curve" / "4000" / "metrics.json").is_file()
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:  # the plot needs bipeft[plots]; curve.json does not
+        assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["show", str(out), "--no-plots"]) == 0
+    assert "budget 4,000 (from step" in capsys.readouterr().out
