@@ -553,7 +553,6 @@ class Run:
         only the missing ones."""
         from bipeft_core.structure import Structure
 
-        plugins = self.pipeline.get_plugins()
         primary = data.prepared.primary_metric
         main = _read_json(self.folder / "retrain" / "metrics.json")
         entries = [{"budget": result.budget, "params": result.count, "metric": main["test"].get(primary),
