@@ -150,6 +150,29 @@ class TestFullFineTuning(OptimizerContract):
     optimizer = "full"
 
 
+def _saved_structure() -> str:
+    """A structure on the contract's tiny BERT in S2 (two LoRA modules and a
+    BitFit), saved where optimizer 'fixed' reads it."""
+    import tempfile
+
+    from bipeft_core.structure import Structure
+    from bipeft_core.targets import find_target_map
+    from bipeft_core.testing import tiny_model
+
+    model = tiny_model("bert")
+    specs = PLUGINS.spaces.get("s2").modules(model, find_target_map(model, PLUGINS.target_maps), PLUGINS.peft_modules)
+    lora = [s for s in specs if s.type == "lora"][:2]
+    bitfit = [s for s in specs if s.type == "bitfit"][:1]
+    choices = {**{s.index: s.ranks[0] for s in lora}, **{s.index: None for s in bitfit}}
+    path = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    Structure.from_choices(specs, choices, space="s2", model_type="bert").save(path)
+    return path
+
+
+class TestFixed(OptimizerContract):
+    optimizer = {"name": "fixed", "structure": _saved_structure()}
+
+
 # -- tasks, on the shared data -----------------------------------------------------------------
 
 

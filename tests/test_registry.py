@@ -54,7 +54,8 @@ def test_builtin_registries_are_filled(plugins):
         plugins.peft_modules.names())
     assert {"s1", "s2"} <= set(plugins.spaces.names())
     assert {"t5", "bert", "gpt2", "llama"} <= set(plugins.target_maps.names())
-    assert plugins.strategies.optimizer.names() == ["apet", "autopeft", "full", "iterative", "manual", "prunepeft", "s3delta"]
+    assert plugins.strategies.optimizer.names() == ["apet", "autopeft", "fixed", "full", "iterative", "manual", "prunepeft",
+                                                     "s3delta"]
     assert plugins.strategies.trigger.names() == ["budget_stability"]
     entry = plugins.peft_modules.entry("lora")
     assert entry.provider == "lora" and entry.distribution == "bipeft (built-in)"
