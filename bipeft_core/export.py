@@ -504,7 +504,7 @@ def export_peft_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_na
         raise StructureError("a full fine-tuning structure is no peft adapter; export it with format='merged' "
                              "(a plain transformers model) or format='bipeft'")
     peft = _import_peft()
-    _unrepresentable(peft_model, _registry_of(plugins))  # a plugin's malformed peft_export fails here, not later
+    unsupported = _unrepresentable(peft_model, _registry_of(plugins))  # a malformed peft_export fails here
     model = peft_model.model
     heads = _head_modules(model, peft_model.head_names)
     sites = sorted({site for e in structure.entries for _, site in e.spec.sites})
@@ -516,7 +516,7 @@ def export_peft_bipeft(peft_model: PeftModel, path: str | Path, *, base_model_na
     config.save_pretrained(str(path))
     _save_tensors(state, path / PEFT_WEIGHTS_FILE, {"format": "pt"})
     structure.save(path / STRUCTURE_FILE)
-    _finish(path, "peft-bipeft", peft_model, _unrepresentable(peft_model, _registry_of(plugins)),
+    _finish(path, "peft-bipeft", peft_model, unsupported,
             weights=PEFT_WEIGHTS_FILE, base_model_name_or_path=base_model_name_or_path, tokenizer=tokenizer,
             card=card, extra={"peft_version": getattr(peft, "__version__", "?"), "modules_to_save": heads,
                               "peft_type": "BIPEFT", "task_type": config.task_type})
@@ -550,9 +550,10 @@ def export_merged(peft_model: PeftModel, path: str | Path, *, base_model_name_or
 
     peft_model = _check_peft_model(peft_model)
     registry = _registry_of(plugins)
-    why = merge_refusal(peft_model, registry)
-    if why is not None:
-        raise StructureError(f"cannot merge this structure: {why}; export with format='peft-bipeft' or "
+    deltas, refused = merge_records(peft_model.model, list(peft_model.peft), registry)
+    if refused:
+        raise StructureError("cannot merge this structure: these modules cannot be folded into the backbone's "
+                             f"weights: {'; '.join(refused)}; export with format='peft-bipeft' or "
                              "format='bipeft' instead")
     model = peft_model.model
     if not hasattr(model, "save_pretrained"):
@@ -565,7 +566,6 @@ def export_merged(peft_model: PeftModel, path: str | Path, *, base_model_name_or
         for m in peft_model.peft:
             cast(Any, m).attach(model)
     copies = {name: p for name, p in merged.named_parameters()}
-    deltas, _ = merge_records(model, list(peft_model.peft), registry)
     with torch.no_grad():
         for name, delta in deltas.items():
             copies[name].add_(delta.to(copies[name].dtype))

@@ -415,23 +415,27 @@ class SearchLoop:
         self.weights = sn.peft_parameters() + list(sn.head_params)
         self.weight_optimizer = torch.optim.AdamW(self.weights, lr=s.lr, weight_decay=s.weight_decay)
         self.scheduler = linear_schedule(self.weight_optimizer, steps_per_epoch * s.epochs, s.warmup_ratio)
-        self.state = state = SearchState(supernet=sn, specs=self.specs, budget=self.budget,
-                                         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * s.epochs)
+        self.state = SearchState(supernet=sn, specs=self.specs, budget=self.budget,
+                                 steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * s.epochs)
         strategy.prepare(self)
-        comps = self.components
-        if "sensitivity" in comps:
-            comps["sensitivity"].reset(self.specs)
-        if self.selecting:  # an unused trigger (a strategy that does not select) leaves K at 0
-            comps["trigger"].reset(state)
-        for kind in ("module_selector", "dimension_selector"):
-            if kind in comps:
-                comps[kind].reset(state)
-        self._read_scores()
+        self._reset_components()
         resumed = self._resume()
         if self.ctx.hook is not None:
             self.ctx.hook.bipeft_before_search(context=self.ctx)
         self.started = time.perf_counter() - self._elapsed_before
         self._epochs(resumed)
+
+    def _reset_components(self) -> None:
+        """Each component reset for a search starting at :attr:`state`."""
+        comps = self.components
+        if "sensitivity" in comps:
+            comps["sensitivity"].reset(self.specs)
+        if self.selecting:  # an unused trigger (a strategy that does not select) leaves K at 0
+            comps["trigger"].reset(self.state)
+        for kind in ("module_selector", "dimension_selector"):
+            if kind in comps:
+                comps[kind].reset(self.state)
+        self._read_scores()
 
     def _read_scores(self) -> None:
         if "sensitivity" in self.components:

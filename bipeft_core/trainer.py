@@ -56,7 +56,7 @@ class _TrainerLoop(SearchLoop):
 
     def begin(self, *, arch_data: Any, collate: Any, batch_size: int, steps_per_epoch: int, total_steps: int,
               epochs: int) -> None:
-        s, sn, strategy, comps = self.settings, self.supernet, self.strategy, self.components
+        s, sn, strategy = self.settings, self.supernet, self.strategy
         self.arch_optimizer = strategy.arch_optimizer(sn)
         self.accum = 1
         self._loader_b = None
@@ -71,14 +71,7 @@ class _TrainerLoop(SearchLoop):
         self.state = SearchState(supernet=sn, specs=self.specs, budget=self.budget,
                                  steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         strategy.prepare(self)
-        if "sensitivity" in comps:
-            comps["sensitivity"].reset(self.specs)
-        if self.selecting:
-            comps["trigger"].reset(self.state)
-        for kind in ("module_selector", "dimension_selector"):
-            if kind in comps:
-                comps[kind].reset(self.state)
-        self._read_scores()
+        self._reset_components()
         self._next_b = self._batches_b() if self._loader_b is not None else None
         self.started = time.perf_counter()
         self._pending: dict[str, Any] = {}

@@ -122,6 +122,13 @@ def _source_rows(data: Mapping[str, Any], which: str, columns: Sequence[str]) ->
     return None if not path else read_table(path, columns)
 
 
+def source_of(task: Any) -> dict[str, Any]:
+    """The ``[data]`` table a task on own data reads: the one it was made
+    from, else its files."""
+    return dict(task.source) or {"train_file": task.train_file, "validation_file": task.validation_file,
+                                 "test_file": task.test_file}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -219,8 +226,7 @@ class FileTask(TextTask):
         given files (module docstring); ``data_dir`` is not used."""
         import datasets
 
-        source = dict(self.source) or {"train_file": self.train_file, "validation_file": self.validation_file,
-                                       "test_file": self.test_file}
+        source = source_of(self)
         parts = {}
         for which, word in (("train", "training"), ("validation", "validation"), ("test", "test")):
             raw = _source_rows(source, which, self._columns())

@@ -20,7 +20,7 @@ from torch import nn
 
 from bipeft_core.errors import DataError, SpecError
 from bipeft_core.tasks import PreparedTask, Task
-from bipeft_plugins.tasks.files import _source_rows, make_splits
+from bipeft_plugins.tasks.files import _source_rows, make_splits, source_of
 from bipeft_plugins.tasks.readers import cap_rows
 
 __all__ = ["CausalLMTask", "PreparedCausalLM", "causal_lm_task"]
@@ -41,9 +41,7 @@ class CausalLMTask(Task):
     greater_is_better: bool = False
 
     def _rows(self, which: str) -> list[dict[str, Any]] | None:
-        source = dict(self.source) or {"train_file": self.train_file, "validation_file": self.validation_file,
-                                       "test_file": self.test_file}
-        raw = _source_rows(source, which, [self.text_column])
+        raw = _source_rows(source_of(self), which, [self.text_column])
         if raw is None:
             return None
         rows = [{"text": "" if r[self.text_column] is None else str(r[self.text_column]), "idx": n}
