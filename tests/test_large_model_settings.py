@@ -156,11 +156,17 @@ def test_plain_trainer_retrains_a_structure_with_its_defaults(plugins, tmp_path)
             "labels": torch.randint(0, 2, (24,), generator=g).tolist(), "sentence": ["some text"] * 24}
     data = datasets.Dataset.from_dict(rows)  # "sentence" is a column the model does not take
 
+    # transformers 5 always writes safetensors and no longer takes the argument
+    if "save_safetensors" in inspect.signature(transformers.TrainingArguments).parameters:
+        kw_safetensors = {"save_safetensors": True}
+    else:
+        kw_safetensors = {}
+
     def trainer(model, steps, **kw):
         args = transformers.TrainingArguments(
             output_dir=str(tmp_path / "t"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2,
             report_to=[], save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
-            logging_steps=1, use_cpu=True, save_safetensors=True, **kw)
+            logging_steps=1, use_cpu=True, **kw_safetensors, **kw)
         return transformers.Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
 
     before = {k: v.clone() for k, v in pm.trainable_state_dict().items()}
