@@ -24,14 +24,14 @@ __all__ = ["TOMLDecodeError", "dumps", "loads"]
 TOMLDecodeError = tomllib.TOMLDecodeError
 loads = tomllib.loads
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
 def _key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"TOML keys are strings, got {key!r}")
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)  # fullmatch: "$" would accept a trailing newline
 
 
 def _string(text: str) -> str:

@@ -67,3 +67,9 @@ def test_toml_writer_round_trips(data):
 def test_toml_writer_writes_tables_and_inline_tables():
     text = tomlio.dumps({"budget": {"value": "0.1%"}, "search": {"trigger": {"name": "x", "w": 1.5}, "lr": 1e-3}})
     assert text == ('[budget]\nvalue = "0.1%"\n\n[search]\ntrigger = { name = "x", w = 1.5 }\nlr = 0.001\n')
+
+
+def test_toml_writer_quotes_a_key_that_ends_in_a_newline():
+    # a bare-key check with "$" accepts "0\n" (the pattern matches before a final newline), which
+    # wrote an unreadable file; hypothesis found it
+    assert tomlio.loads(tomlio.dumps({"0\n": {"a\n": 1}, "b": False})) == {"0\n": {"a\n": 1}, "b": False}
