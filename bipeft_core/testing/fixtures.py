@@ -55,30 +55,37 @@ def tiny_model(family: str, *, vocab_size: int = 128, num_labels: int = 2, hidde
     torch.manual_seed(seed)
     cfg: Any
     if family == "bert":
-        cfg = T.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=4, intermediate_size=2 * hidden, num_labels=num_labels,
-                           pad_token_id=0, **overrides)
+        cfg = T.BertConfig(**_kw(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                 num_attention_heads=4, intermediate_size=2 * hidden, num_labels=num_labels,
+                                 pad_token_id=0, **overrides))
         return T.BertForSequenceClassification(cfg)
     if family == "roberta":
-        cfg = T.RobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                              num_attention_heads=4, intermediate_size=2 * hidden, num_labels=num_labels,
-                              pad_token_id=1, **overrides)
+        cfg = T.RobertaConfig(**_kw(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                    num_attention_heads=4, intermediate_size=2 * hidden, num_labels=num_labels,
+                                    pad_token_id=1, **overrides))
         return T.RobertaForSequenceClassification(cfg)
     if family == "t5":
-        cfg = T.T5Config(vocab_size=vocab_size, d_model=hidden, d_kv=hidden // 4, d_ff=2 * hidden,
-                         num_layers=layers, num_decoder_layers=layers, num_heads=4, pad_token_id=0,
-                         decoder_start_token_id=0, **overrides)
+        cfg = T.T5Config(**_kw(vocab_size=vocab_size, d_model=hidden, d_kv=hidden // 4, d_ff=2 * hidden,
+                               num_layers=layers, num_decoder_layers=layers, num_heads=4, pad_token_id=0,
+                               decoder_start_token_id=0, **overrides))
         return T.T5ForConditionalGeneration(cfg)
     if family == "gpt2":
-        cfg = T.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
-                           num_labels=num_labels, pad_token_id=0, **overrides)
+        cfg = T.GPT2Config(**_kw(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
+                                 num_labels=num_labels, pad_token_id=0, **overrides))
         return T.GPT2ForSequenceClassification(cfg)
     if family == "llama":
-        cfg = T.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                            num_labels=num_labels, pad_token_id=0, **overrides)
+        cfg = T.LlamaConfig(**_kw(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                  num_labels=num_labels, pad_token_id=0, **overrides))
         return T.LlamaForSequenceClassification(cfg)
     raise ValueError(f"unknown tiny model family {family!r}; one of {TINY_FAMILIES}")
+
+
+def _kw(**kwargs: Any) -> dict[str, Any]:
+    """Config keywords as one mapping: transformers 5 declares its configs'
+    fields, and the common ones (``num_labels``, ``pad_token_id``) are the
+    base class's, which a type checker does not see in each signature."""
+    return kwargs
 
 
 def toy_examples(n: int, *, length: int = 8, seed: int = 0, flip: bool = False,
