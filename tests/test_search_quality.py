@@ -113,20 +113,35 @@ def test_spread_schedule_places_warmup_and_triggers_by_planned_steps():
     state = _state(total_steps=300)
     trig = BudgetStability(window=5, warmup_fraction=0.1, span_fraction=0.2, max_triggers=20)
     trig.reset(state)
-    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one per 6 steps, ending by step 90
+    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one slot of 6 steps each, ending by step 90
     assert trig.schedule(state) == (30, 10, 90) and state.triggers_left == 10
     fired = _fire_steps(trig, state, 300)
-    # a stable indicator: each trigger fires as soon as its spacing allows, all within the span
-    assert fired == [36 + 6 * j for j in range(10)]
+    # a stable indicator: each trigger fires once it has its window of 5 fresh indicators, all within the span
+    assert fired == [35 + 6 * j for j in range(10)]
     assert fired[-1] <= 30 + 60
     # fewer planned steps: fewer triggers, never fewer than one
     small = _state(total_steps=20)
     assert trig.schedule(small)[1] == 1
 
 
-def test_a_late_trigger_brings_the_next_ones_closer():
+def test_slots_fire_an_unsettled_trigger_at_its_slot_end_and_never_bunch():
     state = _state(total_steps=300)
     trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
+    trig.reset(state)
+    assert trig.schedule(state) == (30, 4, 90)  # four slots of 15 steps: they end at 45, 60, 75 and 90
+    never = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2])  # an indicator that never settles
+    assert never == [45, 60, 75, 90]
+    # settled from step 60 on: the first two at their slots' ends, the others once stable (2 fresh indicators)
+    state = _state(total_steps=300)
+    trig.reset(state)
+    fired = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2] if step < 60 else _ALTERNATING[1])
+    assert fired == [45, 60, 63, 66]
+
+
+def test_span_deadline_spaces_by_what_is_left_and_bunches_at_the_end():
+    """The earlier rule (``deadline = "span"``), kept for the cells it produced."""
+    state = _state(total_steps=300)
+    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4, deadline="span")
     trig.reset(state)
     assert trig.schedule(state) == (30, 4, 90)  # one trigger due every 15 steps
     # the indicator keeps changing until step 60
@@ -134,6 +149,10 @@ def test_a_late_trigger_brings_the_next_ones_closer():
     # the first fires once stable (step 61: steps 59 and 60 had its indicator); the other three share
     # the 29 steps left to step 90 (9, 10 and 10 apart) instead of 15 each
     assert fired == [61, 70, 80, 90]
+    # an indicator that never settles: all four fire from the span's end (step 90) on, one a step
+    state = _state(total_steps=300)
+    trig.reset(state)
+    assert _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2]) == [90, 91, 92, 93]
 
 
 def test_fresh_indicators_keep_triggers_apart_without_spread():
@@ -150,15 +169,6 @@ def test_paper_schedule_fires_on_consecutive_steps():
     trig = BudgetStability(window=3, warmup_epochs=0.0, spread=False, fresh=False, max_triggers=5)
     trig.reset(state)
     assert _fire_steps(trig, state, 40) == [4, 5, 6, 7, 8]
-
-
-def test_past_the_deadline_triggers_fire_without_waiting_for_stability():
-    state = _state(total_steps=300)
-    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
-    trig.reset(state)
-    fired = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2])  # an indicator that never settles
-    # none is stable, so all four fire from the span's end (step 90) on, one a step
-    assert fired == [90, 91, 92, 93]
 
 
 def test_trigger_state_round_trips_the_last_firing():

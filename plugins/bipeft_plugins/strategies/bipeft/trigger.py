@@ -12,7 +12,9 @@ from bipeft_core.budget import fill_walk
 from bipeft_core.interfaces import Trigger
 from bipeft_plugins.strategies.bipeft.sensitivity import cosine
 
-__all__ = ["BudgetStability"]
+__all__ = ["DEADLINES", "BudgetStability"]
+
+DEADLINES = ("slot", "span")
 
 
 @attrs.define(kw_only=True)
@@ -26,17 +28,26 @@ class BudgetStability(Trigger):
     given (the paper's ``prune_begin_epoch``). With ``spread`` (the default)
     the triggers are spread over the ``span_fraction`` of the planned steps
     that follows the warm-up: ``K = min(max_triggers, span // (window + 1))``
-    triggers (at least 1), each due ``⌊(end − last)/k⌋`` steps after the
-    previous firing (``last``, the warm-up's end before the first; ``k``
-    triggers left; ``end`` the span's last step), so a trigger that waited
-    for stability brings the next ones closer; from ``end`` on a trigger
-    fires at every step without waiting for stability, so the selection
-    ends by ``end`` plus the triggers left (a deadline that bounds the
-    search's cost); ``spread = false`` fires whenever the indicator is stable
-    (the paper's rule, ``K = max_triggers``). With ``fresh``, the indicator
-    history is cleared at each firing, so a trigger needs ``window``
-    indicators taken after the previous one; without it (the paper's), a
-    stable indicator fires on consecutive steps.
+    triggers (at least 1). ``deadline`` says how:
+
+    ``slot`` (the default): the span is cut into ``K`` equal slots, one
+    trigger each; trigger ``j`` fires inside its slot as soon as the
+    indicator is stable, and at the slot's last step (``warm-up + ⌈j·span/K⌉``)
+    at the latest. The triggers never bunch, and the selection ends by the
+    span's end.
+
+    ``span`` (the earlier rule): each trigger is due ``⌊(end − last)/k⌋``
+    steps after the previous firing (``last``, the warm-up's end before the
+    first; ``k`` triggers left; ``end`` the span's last step) and fires once
+    due and stable; from ``end`` on a trigger fires at every step without
+    waiting for stability, so triggers that did not find a stable indicator
+    fire on consecutive steps at the span's end.
+
+    ``spread = false`` fires whenever the indicator is stable (the paper's
+    rule, ``K = max_triggers``). With ``fresh``, the indicator history is
+    cleared at each firing, so a trigger needs ``window`` indicators taken
+    after the previous one; without it (the paper's), a stable indicator
+    fires on consecutive steps.
     """
 
     name = "budget_stability"
@@ -50,10 +61,12 @@ class BudgetStability(Trigger):
     spread: bool = True
     max_triggers: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     fresh: bool = True
+    deadline: str = attrs.field(default="slot", validator=attrs.validators.in_(DEADLINES))
     _history: list[torch.Tensor] = attrs.field(init=False, factory=list)
     _last: int = attrs.field(init=False, default=0)
     _warmup_step: int = attrs.field(init=False, default=0)
     _end: int = attrs.field(init=False, default=0)
+    _k: int = attrs.field(init=False, default=1)
 
     def schedule(self, state) -> tuple[int, int, int]:
         """``(warm-up steps, K, the step by which the triggers should have
@@ -72,6 +85,7 @@ class BudgetStability(Trigger):
 
     def reset(self, state) -> None:
         self._warmup_step, k, self._end = self.schedule(state)
+        self._k = k
         state.plan_triggers(k)
         self._last = self._warmup_step
         self._history = []
@@ -95,15 +109,27 @@ class BudgetStability(Trigger):
                 m[i] = 1.0
         return m
 
+    def slot_end(self, state) -> int:
+        """The last step of the next trigger's slot (``deadline = "slot"``)."""
+        j = self._k - state.triggers_left + 1  # the next trigger, 1-based
+        return self._warmup_step + math.ceil(j * (self._end - self._warmup_step) / self._k)
+
     def should_fire(self, state) -> bool:
         if not self.warmed_up(state) or state.triggers_left <= 0:
             return False
         m = self.indicator(state)
         fire = False
-        due = (self._end - self._last) // state.triggers_left if self.spread else 0
-        if self.spread and state.step >= self._end:  # the deadline: no waiting for stability
+        stable_after = 0  # the steps after the last firing before a stable indicator may fire
+        if self.spread and self.deadline == "slot":
+            forced = state.step >= self.slot_end(state)
+        elif self.spread:
+            stable_after = (self._end - self._last) // state.triggers_left
+            forced = state.step >= self._end  # the span's end: no waiting for stability
+        else:
+            forced = False
+        if forced:
             fire = True
-        elif len(self._history) >= self.window and state.step - self._last >= due:
+        elif len(self._history) >= self.window and state.step - self._last >= stable_after:
             sims = [cosine(m, h) for h in self._history[-self.window:]]
             fire = sum(sims) / self.window >= self.threshold
         self._history.append(m)
