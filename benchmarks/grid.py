@@ -59,7 +59,7 @@ METHODS = BUDGETED + FIXED
 EXTRA = ("autopeft", "serial_adapter")
 #: BIPEFT as first built (the paper's rules), and the ablations and normaliser variants of docs/search.md
 VARIANTS = ("bipeft_paper", "bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft_norm_live",
-            "bipeft_norm_max", "bipeft_late", "bipeft_span", "bipeft_slot_late")
+            "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late")
 EXTRA = EXTRA + VARIANTS
 #: the cells with three seeds (the rest use seed 42)
 SEEDED_METHODS = ("bipeft", "s3delta", "prunepeft", "apet", "peft_lora", "peft_adalora")
@@ -81,7 +81,7 @@ LABELS = {"bipeft_paper": "BIPEFT (paper rules)", "bipeft_sens_only": "BIPEFT pa
           "bipeft_refill_only": "BIPEFT paper + 2 (re-fill)", "bipeft_trigger_only": "BIPEFT paper + 3 (trigger)",
           "bipeft_norm_live": "BIPEFT, live-rank normaliser", "bipeft_norm_max": "BIPEFT, max-rank normaliser",
           "bipeft_late": "BIPEFT, weight-only warm-up to 30 %",
-          "bipeft_span": "BIPEFT, span deadline (triggers bunch at its end)",
+          "bipeft_slot": "BIPEFT, slot deadline (one trigger per slot)",
           "bipeft_slot_late": "BIPEFT, weight-only warm-up to 30 %, slots to 50 %",
           "autopeft": "AutoPEFT", "serial_adapter": "serial adapter r=8", "bipeft": "BIPEFT", "s3delta": "S3Delta", "prunepeft": "PrunePEFT", "apet": "APET",
           "peft_adalora": "peft AdaLoRA", "peft_lora": "peft LoRA r=8 (q,v)", "lora": "LoRA r=8 (q,v)",
@@ -395,7 +395,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 #: the rivals BIPEFT is compared with seed by seed, and the ablation rows set against the paper's rules
 RIVALS = ("s3delta", "prunepeft", "peft_lora", "bipeft_paper")
 ABLATIONS = ("bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft", "bipeft_norm_live",
-             "bipeft_norm_max", "bipeft_late", "bipeft_span", "bipeft_slot_late")
+             "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late")
 
 
 def scores_by_seed(cells: list[dict[str, Any]], task: str, tag: str, method: str) -> dict[int, float]:

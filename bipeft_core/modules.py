@@ -15,6 +15,8 @@ and a controller sets, before each forward,
   mixing the candidate ranks in one computation;
 * ``detach_weights``: compute with the weights detached (a module sampled off
   in an architecture step: its weights' gradients are zero there anyway);
+  the base class's hook also detaches the module's input and the target's
+  output it reads, since a zero gate passes them no gradient either;
 
 and the *discrete* form is built at one rank, with these left at their
 defaults (on, no gate, full rank).
@@ -171,10 +173,23 @@ class PeftModule(nn.Module):
             if not self.enabled:
                 return None
             self.calls += 1
-            d = self.delta(input_of(args, kwargs), output)
-            return output + self._apply_gate(d, output)
+            x, inner = input_of(args, kwargs), output
+            if self.detach_weights:
+                # sampled off in an architecture step: its gate is 0, so no gradient reaches the input
+                # or the output through it; only the gate's own gradient is needed, and detaching them
+                # spares the backward through the module (the gradients are unchanged)
+                x, inner = x.detach(), output.detach()
+            return self.add_delta(x, inner, output)
 
         self._hook(model, self.spec.site("target"), hook)
+
+    def add_delta(self, x: torch.Tensor, inner: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The target's new output: ``output + gate·delta(x, inner)`` (``inner``
+        is ``output``, detached when the module is sampled off). A type may
+        override it to fuse the addition into its last operation (LoRA adds
+        its product with one ``addmm``), saving a full-size addition and its
+        buffer in every forward; the value must be the same."""
+        return output + self._apply_gate(self.delta(x, inner), output)
 
     def delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """What this module adds to the target's output (before the gate)."""

@@ -113,11 +113,16 @@ def test_spread_schedule_places_warmup_and_triggers_by_planned_steps():
     state = _state(total_steps=300)
     trig = BudgetStability(window=5, warmup_fraction=0.1, span_fraction=0.2, max_triggers=20)
     trig.reset(state)
-    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one slot of 6 steps each, ending by step 90
+    # warm-up 30 steps; span 60 steps holds 60 // 6 = 10 triggers, one per 6 steps, ending by step 90
     assert trig.schedule(state) == (30, 10, 90) and state.triggers_left == 10
     fired = _fire_steps(trig, state, 300)
-    # a stable indicator: each trigger fires once it has its window of 5 fresh indicators, all within the span
-    assert fired == [35 + 6 * j for j in range(10)]
+    # a stable indicator: each trigger fires as soon as its spacing allows, all within the span
+    assert fired == [36 + 6 * j for j in range(10)]
+    # with slots, each fires once it has its window of 5 fresh indicators, also within the span
+    slots = BudgetStability(window=5, warmup_fraction=0.1, span_fraction=0.2, max_triggers=20, deadline="slot")
+    state = _state(total_steps=300)
+    slots.reset(state)
+    assert _fire_steps(slots, state, 300) == [35 + 6 * j for j in range(10)]
     assert fired[-1] <= 30 + 60
     # fewer planned steps: fewer triggers, never fewer than one
     small = _state(total_steps=20)
@@ -126,7 +131,7 @@ def test_spread_schedule_places_warmup_and_triggers_by_planned_steps():
 
 def test_slots_fire_an_unsettled_trigger_at_its_slot_end_and_never_bunch():
     state = _state(total_steps=300)
-    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
+    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4, deadline="slot")
     trig.reset(state)
     assert trig.schedule(state) == (30, 4, 90)  # four slots of 15 steps: they end at 45, 60, 75 and 90
     never = _fire_steps(trig, state, 199, lambda step: _ALTERNATING[step % 2])  # an indicator that never settles
@@ -139,9 +144,10 @@ def test_slots_fire_an_unsettled_trigger_at_its_slot_end_and_never_bunch():
 
 
 def test_span_deadline_spaces_by_what_is_left_and_bunches_at_the_end():
-    """The earlier rule (``deadline = "span"``), kept for the cells it produced."""
+    """The default rule (``deadline = "span"``)."""
     state = _state(total_steps=300)
-    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4, deadline="span")
+    trig = BudgetStability(window=2, warmup_fraction=0.1, span_fraction=0.2, max_triggers=4)
+    assert trig.deadline == "span"
     trig.reset(state)
     assert trig.schedule(state) == (30, 4, 90)  # one trigger due every 15 steps
     # the indicator keeps changing until step 60

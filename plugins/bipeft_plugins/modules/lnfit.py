@@ -45,6 +45,13 @@ class LNFitModule(PeftModule):
     def delta(self, x, output):
         return self.gated(self.w(self.scale)) * normalised_input(self._norm[0], x).to(self.scale.dtype)
 
+    def add_delta(self, x, inner, output):
+        """``output + δ·x̂`` as one ``addcmul`` (the plain addition where a
+        subclass overrides ``delta``, or the dtypes differ)."""
+        if type(self).delta is not LNFitModule.delta or output.dtype != self.scale.dtype:
+            return super().add_delta(x, inner, output)
+        return torch.addcmul(output, self.gated(self.w(self.scale)), normalised_input(self._norm[0], x))
+
 
 class LNFit(VectorModuleType):
     name = "lnfit"

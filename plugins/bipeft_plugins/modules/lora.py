@@ -35,7 +35,9 @@ class LoRAModule(PeftModule):
         self.lora_B = nn.Parameter(torch.zeros(spec.shape.out_features, r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
-    def delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def _inner(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, B)``: the rank product ``A·x`` with the rank mask and gate
+        applied, and the (scaled) up factor."""
         r = self.rank
         a = self.w(self.lora_A)[:r]
         b = self.w(self.lora_B)[:, :r]
@@ -43,7 +45,23 @@ class LoRAModule(PeftModule):
         s = self.inner_scale(r)  # rank mask and gate, on the (…, r) product
         if s is not None:
             h = h * s
-        return F.linear(h, b * self.scale) if self.scale != 1.0 else F.linear(h, b)
+        return h, (b * self.scale if self.scale != 1.0 else b)
+
+    def delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        h, b = self._inner(x)
+        return F.linear(h, b)
+
+    def add_delta(self, x: torch.Tensor, inner: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """``output + B·h`` as one ``addmm`` (no full-size delta of its own).
+        A subclass that overrides ``delta`` alone gets the plain addition of
+        its own ``delta``, so the fusion never hides what it changed."""
+        if type(self).delta is not LoRAModule.delta:
+            return super().add_delta(x, inner, output)
+        h, b = self._inner(x)
+        if output.dtype != b.dtype or h.dim() < 2:
+            return output + F.linear(h, b).to(output.dtype)
+        flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), b.t())
+        return flat.view(output.shape)
 
 
 class LoRA(PeftModuleType):

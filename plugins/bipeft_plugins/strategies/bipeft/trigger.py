@@ -14,7 +14,7 @@ from bipeft_plugins.strategies.bipeft.sensitivity import cosine
 
 __all__ = ["DEADLINES", "BudgetStability"]
 
-DEADLINES = ("slot", "span")
+DEADLINES = ("span", "slot")
 
 
 @attrs.define(kw_only=True)
@@ -30,18 +30,18 @@ class BudgetStability(Trigger):
     that follows the warm-up: ``K = min(max_triggers, span // (window + 1))``
     triggers (at least 1). ``deadline`` says how:
 
-    ``slot`` (the default): the span is cut into ``K`` equal slots, one
-    trigger each; trigger ``j`` fires inside its slot as soon as the
-    indicator is stable, and at the slot's last step (``warm-up + ⌈j·span/K⌉``)
-    at the latest. The triggers never bunch, and the selection ends by the
-    span's end.
-
-    ``span`` (the earlier rule): each trigger is due ``⌊(end − last)/k⌋``
+    ``span`` (the default): each trigger is due ``⌊(end − last)/k⌋``
     steps after the previous firing (``last``, the warm-up's end before the
     first; ``k`` triggers left; ``end`` the span's last step) and fires once
     due and stable; from ``end`` on a trigger fires at every step without
     waiting for stability, so triggers that did not find a stable indicator
     fire on consecutive steps at the span's end.
+
+    ``slot``: the span is cut into ``K`` equal slots, one trigger each;
+    trigger ``j`` fires inside its slot as soon as the indicator is stable,
+    and at the slot's last step (``warm-up + ⌈j·span/K⌉``) at the latest. The
+    triggers never bunch. It scored lower than ``span`` on three paired CoLA
+    seeds (docs/benchmarks.md), so it is an option, not the default.
 
     ``spread = false`` fires whenever the indicator is stable (the paper's
     rule, ``K = max_triggers``). With ``fresh``, the indicator history is
@@ -61,7 +61,7 @@ class BudgetStability(Trigger):
     spread: bool = True
     max_triggers: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     fresh: bool = True
-    deadline: str = attrs.field(default="slot", validator=attrs.validators.in_(DEADLINES))
+    deadline: str = attrs.field(default="span", validator=attrs.validators.in_(DEADLINES))
     _history: list[torch.Tensor] = attrs.field(init=False, factory=list)
     _last: int = attrs.field(init=False, default=0)
     _warmup_step: int = attrs.field(init=False, default=0)
