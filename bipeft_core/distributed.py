@@ -1,8 +1,14 @@
-"""Multi-process runs under ``accelerate launch`` or ``torchrun``.
+"""Multi-process runs under ``accelerate launch`` or ``torchrun``, through
+accelerate.
 
-The launcher sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`setup` starts the process group from them (gloo on
-CPU, NCCL on CUDA) or uses one that is already running. Then:
+Under a launcher (``WORLD_SIZE`` > 1, or a process group already running),
+:func:`setup` takes the process state from accelerate's ``PartialState``, the
+state every ``Accelerator`` shares: it starts the process group (NCCL on
+CUDA; gloo on a machine without CUDA, or with ``BIPEFT_DEVICE=cpu``), and
+gives the rank, the world size and this process's device, as a user's
+``accelerate config`` or launcher flags set them. Every collective below is
+one of accelerate's operations (``reduce``, ``broadcast_object_list``,
+``wait_for_everyone``). Then:
 
 * each rank trains on its own shard of every data split (equal sizes);
 * gradients of the PEFT weights, the task head and the architecture logits
@@ -15,7 +21,13 @@ CPU, NCCL on CUDA) or uses one that is already running. Then:
 * only the main process writes checkpoints and run folders, prints and
   shows progress.
 
-In a single process every method is a cheap no-op.
+The model is not wrapped by ``Accelerator.prepare`` (DistributedDataParallel):
+a search step runs two backward passes on different parameter sets (the
+architecture logits, then the weights) and skips the modules sampled off, so
+DDP would need ``find_unused_parameters`` and one reduction per backward;
+the one flat mean all-reduce of the trainable gradients here is the same
+arithmetic. In a single process (no launcher) accelerate is not involved and
+every method is a cheap no-op.
 """
 
 from __future__ import annotations
@@ -41,8 +53,9 @@ class DistributedMismatchError(BipeftError, RuntimeError):
 class Dist:
     """The process group as bipeft uses it (see the module docstring)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, state: Any = None) -> None:
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.state = state  # accelerate's PartialState under a launcher, else None
 
     @property
     def enabled(self) -> bool:
@@ -54,13 +67,19 @@ class Dist:
 
     def device(self) -> torch.device:
         """This process's device: ``$BIPEFT_DEVICE`` when set (``cpu``,
-        ``cuda``, ``cuda:1``), else its GPU when CUDA is available (the
-        launcher's local rank), else the CPU."""
+        ``cuda``, ``cuda:1``), else accelerate's device for this process under
+        a launcher, else the CPU when accelerate's config asks for it
+        (``ACCELERATE_USE_CPU``), else the GPU when CUDA is available, else
+        the CPU."""
         forced = os.environ.get("BIPEFT_DEVICE")
         if forced:
             if forced == "cuda" and self.enabled:
                 return torch.device("cuda", self.local_rank)
             return torch.device(forced)
+        if self.state is not None:
+            return torch.device(self.state.device)
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            return torch.device("cpu")
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return torch.device("cpu")
@@ -82,9 +101,7 @@ class Dist:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        td.all_reduce(flat, op=td.ReduceOp.SUM)
-        flat /= self.world
+        flat = _reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
         offset = 0
         for g in grads:
             n = g.numel()
@@ -95,9 +112,7 @@ class Dist:
         """The mean of ``value`` over ranks (detached)."""
         if not self.enabled:
             return value.detach()
-        out = value.detach().clone().float()
-        td.all_reduce(out, op=td.ReduceOp.SUM)
-        return out / self.world
+        return _reduce(value.detach().float(), "mean")
 
     def check_same(self, tag: str, *tensors: torch.Tensor) -> str:
         """Compare a digest of ``tensors`` across ranks; every rank raises
@@ -109,8 +124,7 @@ class Dist:
         digest = h.hexdigest()
         if self.enabled:
             value = int(digest[:15], 16)
-            both = torch.tensor([value, -value], dtype=torch.int64)
-            td.all_reduce(both, op=td.ReduceOp.MAX)
+            both = _reduce(torch.tensor([value, -value], dtype=torch.int64), "max")
             if int(both[0]) != -int(both[1]):
                 raise DistributedMismatchError(
                     f"ranks disagree on {tag} (digests range from {-int(both[1]):x} to {int(both[0]):x}); "
@@ -120,33 +134,50 @@ class Dist:
 
     def barrier(self) -> None:
         if self.enabled:
-            td.barrier()
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
 
     def broadcast_object(self, obj: Any) -> Any:
         if not self.enabled:
             return obj
-        box = [obj if self.is_main else None]
-        td.broadcast_object_list(box, src=0)
-        return box[0]
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj if self.is_main else None], from_process=0)[0]
+
+
+def _reduce(tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``tensor`` reduced over every process (a new tensor), by accelerate."""
+    from accelerate.utils import reduce
+
+    return reduce(tensor, reduction=reduction)
 
 
 def setup() -> Dist:
-    """The current process group, started from the launcher's environment
-    if needed; a single-process :class:`Dist` without a launcher."""
-    if td.is_available() and td.is_initialized():
-        return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", td.get_rank())))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """This process's :class:`Dist`: from accelerate's ``PartialState`` under
+    a launcher (``WORLD_SIZE`` > 1) or when a process group already runs,
+    which starts the group if needed; a single-process :class:`Dist`
+    otherwise."""
+    running = td.is_available() and td.is_initialized()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not running:
         return Dist()
     if not td.is_available():
         raise BipeftError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    td.init_process_group(backend=backend)
-    atexit.register(_close_process_group)  # a group left open can abort the process at exit
-    return Dist(td.get_rank(), td.get_world_size(), local_rank)
+    from accelerate import PartialState
+
+    # without CUDA, accelerate must be told it runs on CPU: otherwise `accelerate launch --multi_gpu`
+    # processes each report a world of one and would search apart (gloo is the CPU backend)
+    cpu = not torch.cuda.is_available() or os.environ.get("BIPEFT_DEVICE", "").startswith("cpu")
+    state = PartialState(cpu=cpu)
+    world = td.get_world_size() if td.is_initialized() else 1
+    if state.num_processes != world:
+        raise BipeftError(
+            f"accelerate reports {state.num_processes} process(es) but the process group has {world}: "
+            "start the run with `accelerate launch` or `torchrun`, or initialise torch.distributed from "
+            "the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)")
+    if not running:
+        atexit.register(_close_process_group)  # a group left open can abort the process at exit
+    return Dist(state.process_index, state.num_processes, state.local_process_index, state=state)
 
 
 def _close_process_group() -> None:

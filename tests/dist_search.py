@@ -52,6 +52,7 @@ def baselines(out: Path, dist) -> None:
 
 def main() -> None:
     out, mode = Path(sys.argv[1]), sys.argv[2]
+    out.mkdir(parents=True, exist_ok=True)
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     torch.set_num_threads(1)
     dist = setup()
@@ -78,7 +79,8 @@ def main() -> None:
     retrained = pipe.retrain(tiny_model("bert"), result.structure, train)
     head = [p.detach().flatten()[:5].tolist() for p in retrained.model.peft.parameters()][:3]
     (out / f"rank{dist.rank}.json").write_text(json.dumps({
-        "world": dist.world, "rank": dist.rank, "structure": result.structure.to_dict(), "count": result.count,
+        "world": dist.world, "rank": dist.rank, "state": str(dist.state.distributed_type),
+        "structure": result.structure.to_dict(), "count": result.count,
         "decisions": decisions.events, "alpha": result.structure.count(), "search_time": search_time,
         "retrained_weights": head, "retrained_params": retrained.peft_params,
     }))

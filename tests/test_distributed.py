@@ -15,13 +15,19 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 
-pytestmark = pytest.mark.skipif(ACCELERATE is None, reason="accelerate is not installed (pip install 'bipeft[dist]')")
+pytestmark = pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not on PATH")
 
 
-def launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+
+
+def launch(*args: str, timeout: int = 600, launcher: str = "accelerate") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    if launcher == "torchrun":
+        cmd = [TORCHRUN, "--nproc_per_node", "2", *args]
+    else:
+        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -38,9 +44,21 @@ def test_two_processes_reach_the_same_structure(tmp_path):
     a, b = ranks(tmp_path)
     assert a["structure"] == b["structure"] and a["count"] == b["count"] <= 1500
     assert a["decisions"] == b["decisions"] and a["decisions"]
+    # the processes are accelerate's: its state holds both (gloo on this CPU)
+    assert a["state"] == b["state"] == "DistributedType.MULTI_CPU"
     assert a["retrained_weights"] == b["retrained_weights"] and a["retrained_params"] == a["count"]
     # the checkpoint was written once, by the main process
     assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["search-checkpoint.pt"]
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
+def test_torchrun_and_accelerate_launch_reach_the_same_structure(tmp_path):
+    """Both launchers go through accelerate's state: same processes, same search."""
+    launch(str(HERE / "dist_search.py"), str(tmp_path / "acc"), "same", "128")
+    launch(str(HERE / "dist_search.py"), str(tmp_path / "tr"), "same", "128", launcher="torchrun")
+    acc, tr = ranks(tmp_path / "acc"), ranks(tmp_path / "tr")
+    assert tr[0]["state"] == "DistributedType.MULTI_CPU"
+    assert acc[0]["structure"] == tr[0]["structure"] and acc[0]["decisions"] == tr[0]["decisions"]
 
 
 def test_decisions_agree_when_a_rank_sees_different_data(tmp_path):
