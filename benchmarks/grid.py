@@ -22,6 +22,16 @@ of a bipeft strategy keeps its run folder under ``--work`` and resumes its
 search from the checkpoint if it was killed. ``--tasks``, ``--budgets``,
 ``--methods`` and ``--seeds`` restrict the grid; the report is written from
 every finished cell after each cell and at the end.
+
+Named with ``--methods`` only (not in the default grid): the ablation and
+schedule variants (``VARIANTS``); ``bipeft_curve``, one BIPEFT search for
+0.05/0.1/0.2 % on STS-B and CoLA (its cell is named at 0.05 %, its smallest
+budget; the reference points are trained on seed 42 only); and
+``transfer_<task>``, that task's 0.1 % BIPEFT structure (read from its
+finished cell of the same seed) re-trained on STS-B, MRPC or CoLA. Seeds
+42-44; with ``--budgets 0.05%,0.2%`` the default ``bipeft`` cells at those
+budgets for the same seeds are the separate searches the curve is set
+against.
 """
 
 from __future__ import annotations
@@ -61,6 +71,19 @@ EXTRA = ("autopeft", "serial_adapter")
 VARIANTS = ("bipeft_paper", "bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft_norm_live",
             "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late")
 EXTRA = EXTRA + VARIANTS
+#: issue 15's evidence, seeds 42-44 (docs/benchmarks.md, "One search, several budgets" and "Transfer"):
+#: the BIPEFT default searched once down to the smallest of CURVE_BUDGETS (the cell's budget), each larger
+#: budget's structure re-trained on the way; and each TRANSFER_SOURCES task's 0.1 % BIPEFT structure (from
+#: its cell of the same seed) re-trained on the other tasks
+CURVE = "bipeft_curve"
+CURVE_BUDGETS = ("0.05%", "0.1%", "0.2%")
+CURVE_TASKS = ("stsb", "cola")
+TRANSFER_SOURCES = ("stsb", "mrpc", "cola")
+TRANSFER = tuple(f"transfer_{t}" for t in TRANSFER_SOURCES)
+EVIDENCE_SEEDS = (42, 43, 44)
+EXTRA = EXTRA + (CURVE,) + TRANSFER
+#: the spec file a method runs from when it is not <method>.toml
+SPEC_OF = {CURVE: "bipeft", **{m: "bipeft" for m in TRANSFER}}
 #: the cells with three seeds (the rest use seed 42)
 SEEDED_METHODS = ("bipeft", "s3delta", "prunepeft", "apet", "peft_lora", "peft_adalora")
 SEEDED_TASKS = ("stsb", "mrpc", "cola")
@@ -83,6 +106,8 @@ LABELS = {"bipeft_paper": "BIPEFT (paper rules)", "bipeft_sens_only": "BIPEFT pa
           "bipeft_late": "BIPEFT, weight-only warm-up to 30 %",
           "bipeft_slot": "BIPEFT, slot deadline (one trigger per slot)",
           "bipeft_slot_late": "BIPEFT, weight-only warm-up to 30 %, slots to 50 %",
+          CURVE: "BIPEFT, one search for 0.05/0.1/0.2 %",
+          **{f"transfer_{t}": f"BIPEFT structure searched on {t}" for t in TRANSFER_SOURCES},
           "autopeft": "AutoPEFT", "serial_adapter": "serial adapter r=8", "bipeft": "BIPEFT", "s3delta": "S3Delta", "prunepeft": "PrunePEFT", "apet": "APET",
           "peft_adalora": "peft AdaLoRA", "peft_lora": "peft LoRA r=8 (q,v)", "lora": "LoRA r=8 (q,v)",
           "bitfit": "BitFit", "lnfit": "LNFit", "full": "full fine-tuning"}
@@ -102,6 +127,10 @@ def cell_id(task: str, budget: str | None, method: str, seed: int) -> str:
 def seeded(task: str, method: str, seed: int) -> bool:
     """Whether the protocol has a cell of ``method`` on ``task`` for ``seed``
     (seed 42 always; at 0.1 % only for the others)."""
+    if method == CURVE:
+        return task in CURVE_TASKS and seed in EVIDENCE_SEEDS
+    if method in TRANSFER:
+        return task in TRANSFER_SOURCES and method != f"transfer_{task}" and seed in EVIDENCE_SEEDS
     if seed == 42:
         return True
     if method in FIVE_SEED_METHODS and task in FIVE_SEED_TASKS:
@@ -123,8 +152,16 @@ def protocol_cells(tasks, budgets, methods, seeds) -> list[dict[str, Any]]:
                 if method in FIXED or method == "serial_adapter":
                     cells.append({"task": task, "budget": None, "method": method, "seed": seed})
                     continue
+                if method in (CURVE, *TRANSFER):  # one budget each, whatever --budgets says
+                    cells.append({"task": task, "budget": CURVE_BUDGETS[0] if method == CURVE else "0.1%",
+                                  "method": method, "seed": seed})
+                    continue
                 for budget in budgets:
-                    if seed != 42 and budget != "0.1%":
+                    # other budgets than 0.1 % on seed 42 only, but for the separate searches that the curve's
+                    # points are set against
+                    curve_peer = method == "bipeft" and task in CURVE_TASKS and budget in CURVE_BUDGETS \
+                        and seed in EVIDENCE_SEEDS
+                    if seed != 42 and budget != "0.1%" and not curve_peer:
                         continue
                     cells.append({"task": task, "budget": budget, "method": method, "seed": seed})
     return cells
@@ -175,8 +212,16 @@ def fit_warmup(spec: dict[str, Any], epochs: int) -> None:
         trigger["warmup_epochs"] = min(trigger["warmup_epochs"], round(epochs / 3, 4))
 
 
+def transfer_source(cell: dict[str, Any], out: Path) -> Path:
+    """The finished cell whose structure a transfer cell re-trains: the source
+    task's BIPEFT cell at the same budget and seed."""
+    source = cell["method"].removeprefix("transfer_")
+    return out / "cells" / f"{cell_id(source, cell['budget'], 'bipeft', cell['seed'])}.json"
+
+
 def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_train: int | None,
-             epochs: int | None, device: str | None, progress: bool, overrides=()) -> dict[str, Any]:
+             epochs: int | None, device: str | None, progress: bool, overrides=(),
+             out: Path | None = None) -> dict[str, Any]:
     task_name, epochs, cap = cell_settings(cell["task"], epochs, max_train)
     budget = cell["budget"] or "0.1%"
     started = time.perf_counter()
@@ -193,8 +238,22 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
         from bipeft_core.runner import Run
 
         plugins = load_plugins()
-        data = tomllib.loads((SPECS / f"{cell['method']}.toml").read_text(encoding="utf-8"))
+        data = tomllib.loads((SPECS / f"{SPEC_OF.get(cell['method'], cell['method'])}.toml").read_text(
+            encoding="utf-8"))
         data["budget"] = {"value": budget}
+        folder = work / cell_id(**cell)
+        if cell["method"] == CURVE:
+            # the reference points (LoRA r=1..8, BitFit: five re-trains) once, on seed 42, for the plot
+            data["budget"] = {"value": budget, "budgets": list(CURVE_BUDGETS), "references": cell["seed"] == 42}
+        if cell["method"] in TRANSFER:
+            source = json.loads(transfer_source(cell, out or ROOT / "docs" / "benchmarks").read_text())
+            # beside the run folder, which must be new or a run folder when the run is created
+            kept = work / f"{cell_id(**cell)}.source-structure.json"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(source["structure"], indent=1) + "\n")
+            data["search"] = {k: v for k, v in data["search"].items() if k not in (
+                "optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")}
+            data["search"]["optimizer"] = {"name": "fixed", "structure": str(kept)}
         _set(data, "model.task", task_name)
         for table in ("search", "retrain"):
             settings = {**RECIPE, "seed": cell["seed"], "epochs": epochs}
@@ -212,7 +271,6 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
             key, value = assignment.split("=", 1)
             _set(data, key, _parse_value(value))
         pipe = Pipeline.from_dict(data, plugins=plugins, source=f"{cell['method']}.toml")
-        folder = work / cell_id(**cell)
         run = Run.open(folder, plugins=plugins) if (folder / "run.json").is_file() else Run.create(
             folder, pipe, argv=sys.argv)
         peaks = {}
@@ -232,6 +290,13 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
                        budget_use=result["count"] / result["budget"], structure=result["structure"],
                        planned_steps=_planned_steps(result, epochs),
                        notes=result.get("notes", []), run_folder=str(folder))
+        if cell["method"] == CURVE:
+            curve = json.loads((folder / "curve.json").read_text())
+            # CURVE_BUDGETS ascend as the entries' exact budgets do
+            summary["curve"] = [{**e, "budget_value": b} for e, b in zip(curve["entries"], CURVE_BUDGETS)]
+            summary["curve_reference"] = curve["reference"]
+        if cell["method"] in TRANSFER:
+            summary["transfer_source"] = source["cell"]
     import torch
 
     from bipeft_core.runner import versions
@@ -278,7 +343,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 #: strategies that run no search (APET draws its structure at random): their search time and ratio read "–".
 #: AutoPEFT searches by trials, not supernet steps, so a step count cannot tell.
-NO_SEARCH = frozenset({"manual", "full", "apet", "peft_lora", "peft_adalora"})
+NO_SEARCH = frozenset({"manual", "full", "fixed", "apet", "peft_lora", "peft_adalora"})
 
 
 def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -444,6 +509,77 @@ def paired_lines(cells: list[dict[str, Any]], ours: str, against: tuple[str, ...
     return lines if len(lines) > 2 else []
 
 
+def _diff_text(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    interval = f" [{d['mean'] - d['half']:+.2f}, {d['mean'] + d['half']:+.2f}]" if d["half"] is not None else " (one seed)"
+    return f"{d['mean']:+.2f}{interval}"
+
+
+def curve_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Issue 15's curve evidence: each point of the one-search curve against a
+    separate BIPEFT search at that budget (same seed), and the cost of the
+    curve's search against the single search at 0.1 %."""
+    curves = [c for c in cells if c["method"] == CURVE and c.get("curve")]
+    if not curves:
+        return []
+    lines = ["| task | budget | seeds | one search: metric | params | separate search: metric | params | "
+             "paired difference [95 % CI] |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for task in CURVE_TASKS:
+        mine = [c for c in curves if c["task_key"] == task]
+        for b in CURVE_BUDGETS:
+            points = {c["seed"]: e for c in mine for e in c["curve"] if e["budget_value"] == b}
+            if not points:
+                continue
+            ours = {s: 100 * e["metric"] for s, e in points.items()}
+            separate = {c["seed"]: c for c in cells if c["task_key"] == task and c["method"] == "bipeft"
+                        and c["budget_value"] == b}
+            theirs = {s: 100 * c["test"][c["metric"]] for s, c in separate.items()}
+            seeds = sorted(set(ours) & set(theirs)) or sorted(ours)
+            params = statistics.mean(points[s]["params"] for s in seeds if s in points)
+            other = (f"{_ms([theirs[s] for s in seeds])} | {statistics.mean(separate[s]['peft_params'] for s in seeds):,.0f}"
+                     if set(seeds) <= set(theirs) else "– | –")
+            lines.append(f"| {task} | {b} | {','.join(map(str, seeds))} | {_ms([ours[s] for s in seeds if s in ours])} | "
+                         f"{params:,.0f} | {other} | {_diff_text(paired_difference(ours, theirs))} |")
+    costs = []
+    for c in curves:
+        single = next((x for x in cells if x["task_key"] == c["task_key"] and x["method"] == "bipeft"
+                       and x["budget_value"] == "0.1%" and x["seed"] == c["seed"]), None)
+        if single:
+            costs.append(f"{c['task_key']} s{c['seed']} {c['search_time'] / single['search_time']:.2f}")
+    if costs:
+        lines += ["", "Search time of the one search (down to 0.05 %) over the single search at 0.1 % of the same "
+                  "seed (target ≤ 1.5): " + ", ".join(costs) + "."]
+    return lines
+
+
+def transfer_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Issue 15's transfer evidence: each source task's 0.1 % structure
+    re-trained on a target task, against the target's own search and peft
+    LoRA r=8, seed by seed."""
+    if not any(c["method"] in TRANSFER for c in cells):
+        return []
+    lines = ["| target | structure from | seeds | transferred | searched on the target | difference [95 % CI] | "
+             "peft LoRA r=8 | difference [95 % CI] |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for target in TRANSFER_SOURCES:
+        own = scores_by_seed(cells, target, "b0.1", "bipeft")
+        lora = scores_by_seed(cells, target, "b0.1", "peft_lora")
+        for method in TRANSFER:
+            moved = scores_by_seed(cells, target, "b0.1", method)
+            if not moved:
+                continue
+            seeds = sorted(moved)
+
+            def col(other: dict[int, float], seeds=seeds) -> str:
+                have = [s for s in seeds if s in other]
+                return _ms([other[s] for s in have]) if have else "–"
+
+            lines.append(f"| {target} | {method.removeprefix('transfer_')} | {','.join(map(str, seeds))} | "
+                         f"{_ms(list(moved.values()))} | {col(own)} | {_diff_text(paired_difference(moved, own))} | "
+                         f"{col(lora)} | {_diff_text(paired_difference(moved, lora))} |")
+    return lines
+
+
 def structure_lines(cells: list[dict[str, Any]]) -> list[str]:
     """Per (task, budget, method) over the cells that store their structure:
     the share of the kept parameters in each module type, the modules kept,
@@ -596,6 +732,18 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
                   "Each variant against BIPEFT with the paper's rules (`bipeft_paper`), seed by seed: the "
                   "'method' column is the paper's rules, so a negative difference means the variant is better.",
                   ""] + ablation_rows
+    rows_curve = curve_lines(cells)
+    if rows_curve:
+        lines += ["", "## One search, several budgets", "",
+                  "Each point of BIPEFT's one-search curve (`--budgets 0.05%,0.1%,0.2%`) against a separate "
+                  "BIPEFT search at that budget, same seed (test metric ×100; the difference is the curve "
+                  "minus the separate search).", ""] + rows_curve
+    rows_transfer = transfer_lines(cells)
+    if rows_transfer:
+        lines += ["", "## Transfer", "",
+                  "A 0.1 % BIPEFT structure searched on one task, re-trained on another (`bipeft transfer`), "
+                  "against the target's own search and peft LoRA r=8, same seed (differences: transferred "
+                  "minus the other).", ""] + rows_transfer
     structure_rows = structure_lines(cells)
     if structure_rows:
         lines += ["", "## Structures", "",
@@ -683,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_cell(cell, work=args.work, data_dir=args.data_dir, max_train=args.max_train,
                               epochs=args.epochs, device=args.device, progress=args.progress,
-                              overrides=args.set or ())
+                              overrides=args.set or (), out=args.out)
         except BudgetError as exc:  # e.g. S3Delta's rank-1 space is smaller than 0.5 % of MiniLM: a finding, kept
             _, epochs, cap = cell_settings(cell["task"], args.epochs, args.max_train)
             result = {"cell": cell_id(**cell), "method": cell["method"], "seed": cell["seed"],
@@ -722,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = []
         for i, cell in enumerate(todo, 1):
             name = cell_id(**cell)
+            if cell["method"] in TRANSFER and not transfer_source(cell, args.out).is_file():
+                print(f"[{i}/{len(todo)}] {name}: skipped, its source cell {transfer_source(cell, args.out)} "
+                      "is not finished (run it first: --methods bipeft)", flush=True)
+                continue
             print(f"[{i}/{len(todo)}] {name} ...", flush=True)
             started = time.perf_counter()
             child = [sys.executable, str(Path(__file__).resolve()), "--cell", json.dumps(cell),

@@ -546,8 +546,8 @@ class Run:
     def curve(self, data: Data, result: Any, curve: list[dict[str, Any]], *, progress: bool = False) -> Path:
         """The budget-to-quality curve of a search with several budgets:
         re-trains each larger budget's structure (``curve/<budget>/``) and the
-        reference points (LoRA r=1, 2, 4, 8 and BitFit, ``curve/reference/``)
-        with the re-train recipe, and writes ``curve.json`` (one entry per
+        reference points (LoRA r=1, 2, 4, 8 and BitFit, ``curve/reference/``;
+        none with ``[budget] references = false``) with the re-train recipe, and writes ``curve.json`` (one entry per
         budget: ``budget``, ``params``, ``metric``; the references apart) and
         ``curve.png``. Each finished point is kept: a resumed run re-trains
         only the missing ones."""
@@ -565,7 +565,7 @@ class Run:
                             "validation": metrics["validation"].get(primary), "source": c["source"],
                             "step": c["step"], "folder": str(folder.relative_to(self.folder))})
         references = []
-        for name, optimizer in self.CURVE_REFERENCES:
+        for name, optimizer in self.CURVE_REFERENCES if self.pipeline.curve_references else ():
             folder = self.folder / "curve" / "reference" / name.replace(" ", "").replace("=", "")
             structure_file = folder / "structure.json"
             if structure_file.is_file():

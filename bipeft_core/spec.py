@@ -465,6 +465,10 @@ class PipelineSpec:
     the search runs down to the smallest of these and :attr:`budget`, and
     records on its way the structure of each larger one (a budget-to-quality
     curve; docs/budgets.md). Empty by default."""
+    curve_references: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    """Whether a curve (:attr:`budgets`) also re-trains its reference points,
+    LoRA r=1, 2, 4, 8 and BitFit (``[budget] references``, default true);
+    false keeps only the searched structures' points (five re-trains fewer)."""
     space: SpaceSpec = attrs.field(factory=SpaceSpec, converter=_parse_space)
     """``None`` (or no name): the default spec's space, filled in by the pipeline."""
     model: ModelSpec = attrs.field(factory=ModelSpec, converter=_parse_model)
@@ -505,6 +509,15 @@ class PipelineSpec:
                 raise SpecError(f"{source}: [budget] budgets = {budgets!r}: give a list, e.g. [\"0.05%\", \"0.2%\"]")
             if "value" not in raw_budget:
                 raw_budget["value"] = budgets[0]
+        references = True
+        if isinstance(raw_budget, Mapping) and "references" in raw_budget:
+            raw_budget = dict(raw_budget)
+            references = raw_budget.pop("references")
+            if not isinstance(references, bool):
+                raise SpecError(f"{source}: [budget] references = {references!r}: give true or false")
+            if not budgets:
+                raise SpecError(f"{source}: [budget] references is for a curve: give [budget] budgets as well, "
+                                "or leave references out")
         search = dict(data.get("search") or {})
         if not isinstance(search, dict):
             raise SpecError(f"{source}: [search] must be a table")
@@ -519,7 +532,8 @@ class PipelineSpec:
             retrain.setdefault(key, value)
         try:
             return cls(model=data.get("model"), budget=_budget(raw_budget),
-                       budgets=tuple(_budget(b) for b in budgets), space=data.get("space"),
+                       budgets=tuple(_budget(b) for b in budgets), curve_references=references,
+                       space=data.get("space"),
                        search_settings=search, retrain_settings=retrain, **components,
                        data=data.get("data"), **extra)
         except SpecError as exc:
@@ -545,6 +559,8 @@ class PipelineSpec:
         out["budget"] = {"value": self.budget.to_value()}
         if self.budgets:
             out["budget"]["budgets"] = [b.to_value() for b in self.budgets]
+            if not self.curve_references:
+                out["budget"]["references"] = False
         space = self.space.to_dict()
         if space:
             out["space"] = space

@@ -285,3 +285,35 @@ def test_a_budget_the_method_cannot_meet_is_recorded_not_retried(tmp_path, monke
     capsys.readouterr()
     assert grid.main(args + ["--list"]) == 0
     assert "done  cola-b0.5-s3delta-s42" in capsys.readouterr().out
+
+
+def test_curve_and_transfer_cells_and_their_tables(tmp_path):
+    """Issue 15's evidence cells: a curve cell at the smallest budget, transfer
+    cells only between different tasks, separate searches at the curve's other
+    budgets on seeds 42-44; the report pairs each with its counterpart."""
+    cells = grid.protocol_cells(grid.TASKS, ("0.1%",), (grid.CURVE, *grid.TRANSFER), grid.SEEDS)
+    ids = {grid.cell_id(**c) for c in cells}
+    assert {c["seed"] for c in cells} == {42, 43, 44}
+    assert "stsb-b0.05-bipeft_curve-s44" in ids and "mrpc-b0.05-bipeft_curve-s42" not in ids
+    assert "cola-b0.1-transfer_stsb-s43" in ids and "cola-b0.1-transfer_cola-s43" not in ids
+    assert len(cells) == 2 * 3 + 3 * 2 * 3
+    separate = grid.protocol_cells(("cola",), grid.CURVE_BUDGETS, ("bipeft", "s3delta"), (43,))
+    assert [grid.cell_id(**c) for c in separate] == ["cola-b0.05-bipeft-s43", "cola-b0.1-bipeft-s43",
+                                                     "cola-b0.2-bipeft-s43", "cola-b0.1-s3delta-s43"]
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for seed, (small, mid, ours_mid) in {42: (0.80, 0.84, 0.83), 43: (0.81, 0.85, 0.83)}.items():
+        curve = [{"budget_value": b, "metric": m, "params": p} for b, m, p in
+                 zip(grid.CURVE_BUDGETS, (small, mid, 0.86), (11000, 22400, 45000))]
+        for name, cell in {f"c{seed}": _cell(grid.CURVE, seed, small, budget="0.05%", curve=curve, search_time=6.0),
+                           f"b{seed}": _cell("bipeft", seed, ours_mid, search_time=5.0),
+                           f"t{seed}": _cell("transfer_cola", seed, ours_mid - 0.02, strategy="fixed"),
+                           f"l{seed}": _cell("peft_lora", seed, ours_mid + 0.01, budget=None)}.items():
+            (folder / f"{name}.json").write_text(json.dumps(cell))
+    grid.write_report(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    # the curve's 0.1 % point (84, 85) against the separate search (83, 83): +1.50, seeds 42 and 43
+    assert "| stsb | 0.1% | 42,43 | 84.50 ± 0.71 | 22,400 | 83.00 ± 0.00 | 20,000 | +1.50 [-4.85, +7.85] |" in text
+    assert "| stsb | 0.2% | 42,43 | 86.00 ± 0.00 | 45,000 | – | – | – |" in text
+    assert "stsb s42 1.20, stsb s43 1.20" in text
+    assert "| stsb | cola | 42,43 | 81.00 ± 0.00 | 83.00 ± 0.00 | -2.00 [-2.00, -2.00] | 84.00 ± 0.00 | -3.00" in text

@@ -4,6 +4,8 @@ repaired and re-filled to its budget as a search at that budget is."""
 
 from __future__ import annotations
 
+import pytest
+
 from bipeft_core import Pipeline, load_plugins
 from bipeft_core.structure import Structure
 from bipeft_core.testing import tiny_model
@@ -70,3 +72,35 @@ def test_cli_budgets_write_the_curve_with_reference_points(tiny_model_dir, data_
         assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["show", str(out), "--no-plots"]) == 0
     assert "budget 4,000 (from step" in capsys.readouterr().out
+
+
+def test_references_false_round_trips_and_needs_budgets():
+    from bipeft_core.errors import SpecError
+
+    plugins = load_plugins(entry_points=False)
+    spec = Pipeline.from_dict({"budget": {"budgets": ["1500", "3000"], "references": False}}, plugins=plugins)
+    assert spec.curve_references is False
+    assert spec.to_dict()["budget"] == {"value": 1500, "budgets": [1500, 3000], "references": False}
+    assert Pipeline.from_dict(spec.to_dict(), plugins=plugins).curve_references is False
+    assert "references" not in Pipeline.from_dict({"budget": {"budgets": ["1500"]}}, plugins=plugins).to_dict()["budget"]
+    with pytest.raises(SpecError, match="references is for a curve"):
+        Pipeline.from_dict({"budget": {"value": "1500", "references": False}}, plugins=plugins)
+    with pytest.raises(SpecError, match="give true or false"):
+        Pipeline.from_dict({"budget": {"budgets": ["1500"], "references": "no"}}, plugins=plugins)
+
+
+def test_cli_curve_without_reference_points(tiny_model_dir, data_dir, tmp_path):
+    import json
+
+    from bipeft_core import cli
+
+    out = tmp_path / "curve-run"
+    args = ["run", "--task", "rte", "--model", str(tiny_model_dir), "--out", str(out), "--max-train", "64",
+            "--epochs", "1", "--budgets", "2000,4000", "--data-dir", str(data_dir),
+            "--set", "budget.references=false", "--set", "search.batch_size=8", "--set", "retrain.batch_size=8",
+            "--set", 'search.trigger={name="budget_stability",warmup_epochs=0.25,max_triggers=6,window=2,'
+                     'spread=false,fresh=false}']
+    assert cli.main(args) == 0
+    curve = json.loads((out / "curve.json").read_text())
+    assert [e["budget"] for e in curve["entries"]] == [2000, 4000] and curve["reference"] == []
+    assert not (out / "curve" / "reference").exists()
