@@ -488,6 +488,13 @@ def _ms(values: list[float]) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
+def _diff_text(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    interval = f" [{d['mean'] - d['half']:+.2f}, {d['mean'] + d['half']:+.2f}]" if d["half"] is not None else " (one seed)"
+    return f"{d['mean']:+.2f}{interval}"
+
+
 def paired_lines(cells: list[dict[str, Any]], ours: str, against: tuple[str, ...], tag: str = "b0.1") -> list[str]:
     """A table row per (task, other method) with both methods' mean ± std
     over the shared seeds and the paired difference with its 95 % interval."""
@@ -502,19 +509,10 @@ def paired_lines(cells: list[dict[str, Any]], ours: str, against: tuple[str, ...
             if d is None:
                 continue
             b = scores_by_seed(cells, task, tag, other)
-            interval = (f" [{d['mean'] - d['half']:+.2f}, {d['mean'] + d['half']:+.2f}]"
-                        if d["half"] is not None else " (one seed)")
             lines.append(f"| {task} | {LABELS[ours]} | {LABELS[other]} | {','.join(map(str, d['seeds']))} | "
                          f"{_ms([a[s] for s in d['seeds']])} | {_ms([b[s] for s in d['seeds']])} | "
-                         f"{d['mean']:+.2f}{interval} |")
+                         f"{_diff_text(d)} |")
     return lines if len(lines) > 2 else []
-
-
-def _diff_text(d: dict[str, Any] | None) -> str:
-    if d is None:
-        return "–"
-    interval = f" [{d['mean'] - d['half']:+.2f}, {d['mean'] + d['half']:+.2f}]" if d["half"] is not None else " (one seed)"
-    return f"{d['mean']:+.2f}{interval}"
 
 
 def curve_lines(cells: list[dict[str, Any]]) -> list[str]:
@@ -722,34 +720,23 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
              f"{seen(c.get('torch_threads') for c in cells)} torch threads; "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
     lines += ["## Targets", ""] + (targets(rows) or ["- no BIPEFT row yet"]) + budget_use_lines(cells)
-    paired_rows = paired_lines(cells, "bipeft", RIVALS)
-    if paired_rows:
-        lines += ["", "## Paired differences at 0.1 %", "",
-                  "BIPEFT minus each rival on the same seed (test metric ×100): the mean over the seeds both "
-                  "have and its t-based 95 % interval.", ""] + paired_rows
-    ablation_rows = paired_lines(cells, "bipeft_paper", ABLATIONS)
-    if ablation_rows:
-        lines += ["", "## Ablation at 0.1 %", "",
-                  "Each variant against BIPEFT with the paper's rules (`bipeft_paper`), seed by seed: the "
-                  "'method' column is the paper's rules, so a negative difference means the variant is better.",
-                  ""] + ablation_rows
-    rows_curve = curve_lines(cells)
-    if rows_curve:
-        lines += ["", "## One search, several budgets", "",
-                  "Each point of BIPEFT's one-search curve (`--budgets 0.05%,0.1%,0.2%`) against a separate "
-                  "BIPEFT search at that budget, same seed (test metric ×100; the difference is the curve "
-                  "minus the separate search).", ""] + rows_curve
-    rows_transfer = transfer_lines(cells)
-    if rows_transfer:
-        lines += ["", "## Transfer", "",
-                  "A 0.1 % BIPEFT structure searched on one task, re-trained on another (`bipeft transfer`), "
-                  "against the target's own search and peft LoRA r=8, same seed (differences: transferred "
-                  "minus the other).", ""] + rows_transfer
-    structure_rows = structure_lines(cells)
-    if structure_rows:
-        lines += ["", "## Structures", "",
-                  "Share of the kept parameters by module type, mean over the seeds of the cells that store "
-                  "their structure (cells run before issue 10 do not).", ""] + structure_rows
+    sections = (
+        ("Paired differences at 0.1 %", "BIPEFT minus each rival on the same seed (test metric ×100): the mean "
+         "over the seeds both have and its t-based 95 % interval.", paired_lines(cells, "bipeft", RIVALS)),
+        ("Ablation at 0.1 %", "Each variant against BIPEFT with the paper's rules (`bipeft_paper`), seed by "
+         "seed: the 'method' column is the paper's rules, so a negative difference means the variant is better.",
+         paired_lines(cells, "bipeft_paper", ABLATIONS)),
+        ("One search, several budgets", "Each point of BIPEFT's one-search curve (`--budgets 0.05%,0.1%,0.2%`) "
+         "against a separate BIPEFT search at that budget, same seed (test metric ×100; the difference is the "
+         "curve minus the separate search).", curve_lines(cells)),
+        ("Transfer", "A 0.1 % BIPEFT structure searched on one task, re-trained on another (`bipeft transfer`), "
+         "against the target's own search and peft LoRA r=8, same seed (differences: transferred minus the "
+         "other).", transfer_lines(cells)),
+        ("Structures", "Share of the kept parameters by module type, mean over the seeds of the cells that "
+         "store their structure (cells run before issue 10 do not).", structure_lines(cells)))
+    for title, intro, section_rows in sections:
+        if section_rows:
+            lines += ["", f"## {title}", "", intro, ""] + section_rows
     lines += ["", "## Tables"] + table(rows)
     noted = [c for c in cells if c.get("notes") and c.get("search_steps")]
     if noted:
