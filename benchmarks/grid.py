@@ -545,10 +545,12 @@ def curve_lines(cells: list[dict[str, Any]]) -> list[str]:
         single = next((x for x in cells if x["task_key"] == c["task_key"] and x["method"] == "bipeft"
                        and x["budget_value"] == "0.1%" and x["seed"] == c["seed"]), None)
         if single:
-            costs.append(f"{c['task_key']} s{c['seed']} {c['search_time'] / single['search_time']:.2f}")
+            costs.append(f"{c['task_key']} s{c['seed']} {c['search_time'] / single['search_time']:.2f} "
+                         f"({c.get('search_steps')} against {single.get('search_steps')} steps)")
     if costs:
         lines += ["", "Search time of the one search (down to 0.05 %) over the single search at 0.1 % of the same "
-                  "seed (target ≤ 1.5): " + ", ".join(costs) + "."]
+                  "seed (target ≤ 1.5), with both searches' steps: wall times of cells that shared the CPU "
+                  "differently compare only roughly, the steps exactly: " + ", ".join(costs) + "."]
     return lines
 
 

@@ -305,8 +305,9 @@ def test_curve_and_transfer_cells_and_their_tables(tmp_path):
     for seed, (small, mid, ours_mid) in {42: (0.80, 0.84, 0.83), 43: (0.81, 0.85, 0.83)}.items():
         curve = [{"budget_value": b, "metric": m, "params": p} for b, m, p in
                  zip(grid.CURVE_BUDGETS, (small, mid, 0.86), (11000, 22400, 45000))]
-        for name, cell in {f"c{seed}": _cell(grid.CURVE, seed, small, budget="0.05%", curve=curve, search_time=6.0),
-                           f"b{seed}": _cell("bipeft", seed, ours_mid, search_time=5.0),
+        for name, cell in {f"c{seed}": _cell(grid.CURVE, seed, small, budget="0.05%", curve=curve, search_time=6.0,
+                                             search_steps=270),
+                           f"b{seed}": _cell("bipeft", seed, ours_mid, search_time=5.0, search_steps=85),
                            f"t{seed}": _cell("transfer_cola", seed, ours_mid - 0.02, strategy="fixed"),
                            f"l{seed}": _cell("peft_lora", seed, ours_mid + 0.01, budget=None)}.items():
             (folder / f"{name}.json").write_text(json.dumps(cell))
@@ -315,5 +316,5 @@ def test_curve_and_transfer_cells_and_their_tables(tmp_path):
     # the curve's 0.1 % point (84, 85) against the separate search (83, 83): +1.50, seeds 42 and 43
     assert "| stsb | 0.1% | 42,43 | 84.50 ± 0.71 | 22,400 | 83.00 ± 0.00 | 20,000 | +1.50 [-4.85, +7.85] |" in text
     assert "| stsb | 0.2% | 42,43 | 86.00 ± 0.00 | 45,000 | – | – | – |" in text
-    assert "stsb s42 1.20, stsb s43 1.20" in text
+    assert "stsb s42 1.20 (270 against 85 steps), stsb s43 1.20" in text
     assert "| stsb | cola | 42,43 | 81.00 ± 0.00 | 83.00 ± 0.00 | -2.00 [-2.00, -2.00] | 84.00 ± 0.00 | -3.00" in text
