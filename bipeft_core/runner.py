@@ -547,9 +547,9 @@ class Run:
         """The budget-to-quality curve of a search with several budgets:
         re-trains each larger budget's structure (``curve/<budget>/``) and the
         reference points (LoRA r=1, 2, 4, 8 and BitFit, ``curve/reference/``;
-        none with ``[budget] references = false``) with the re-train recipe, and writes ``curve.json`` (one entry per
-        budget: ``budget``, ``params``, ``metric``; the references apart) and
-        ``curve.png``. Each finished point is kept: a resumed run re-trains
+        none with ``[budget] references = false``) with the re-train recipe,
+        and writes ``curve.json`` (one entry per budget: ``budget``,
+        ``params``, ``metric``; the references apart) and ``curve.png``. Each finished point is kept: a resumed run re-trains
         only the missing ones."""
         from bipeft_core.structure import Structure
 
