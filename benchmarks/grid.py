@@ -220,6 +220,54 @@ def transfer_source(cell: dict[str, Any], out: Path) -> Path:
     return out / "cells" / f"{cell_id(source, cell['budget'], 'bipeft', cell['seed'])}.json"
 
 
+def cell_spec(cell: dict[str, Any], *, epochs: int | None = None, max_train: int | None = None, overrides=(),
+              work: Path | None = None, out: Path | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pipeline spec (dict form) a BIPEFT-family cell runs: the method's
+    spec file with the protocol's budget, recipe, epochs and warm-up, and
+    ``overrides`` (``method:key=value``) applied; with the source cell of a
+    transfer cell (``None`` for the others), whose structure is written to
+    ``work`` beside the cell's run folder."""
+    from bipeft_core.cli import _parse_value, _set
+
+    task_name, epochs, cap = cell_settings(cell["task"], epochs, max_train)
+    budget = cell["budget"] or "0.1%"
+    data = tomllib.loads((SPECS / f"{SPEC_OF.get(cell['method'], cell['method'])}.toml").read_text(
+        encoding="utf-8"))
+    data["budget"] = {"value": budget}
+    if cell["method"] == CURVE:
+        # the reference points (LoRA r=1..8, BitFit: five re-trains) once, on seed 42, for the plot
+        data["budget"] = {"value": budget, "budgets": list(CURVE_BUDGETS), "references": cell["seed"] == 42}
+    source = None
+    if cell["method"] in TRANSFER:
+        if work is None:
+            raise ValueError("a transfer cell's spec needs the work folder for its source structure")
+        source = json.loads(transfer_source(cell, out or ROOT / "docs" / "benchmarks").read_text())
+        # beside the run folder, which must be new or a run folder when the run is created
+        kept = work / f"{cell_id(**cell)}.source-structure.json"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(source["structure"], indent=1) + "\n")
+        data["search"] = {k: v for k, v in data["search"].items() if k not in (
+            "optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")}
+        data["search"]["optimizer"] = {"name": "fixed", "structure": str(kept)}
+    _set(data, "model.task", task_name)
+    for table in ("search", "retrain"):
+        settings = {**RECIPE, "seed": cell["seed"], "epochs": epochs}
+        if cell["method"] == "full":
+            settings["lr"] = FULL_LR
+        if cap:
+            settings["max_train_examples"] = cap
+        for key, value in settings.items():
+            _set(data, f"{table}.{key}", value)
+    fit_warmup(data, epochs)
+    for item in overrides:
+        target, _, assignment = item.partition(":")
+        if target != cell["method"]:
+            continue
+        key, value = assignment.split("=", 1)
+        _set(data, key, _parse_value(value))
+    return data, source
+
+
 def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_train: int | None,
              epochs: int | None, device: str | None, progress: bool, overrides=(),
              out: Path | None = None) -> dict[str, Any]:
@@ -235,42 +283,12 @@ def run_cell(cell: dict[str, Any], *, work: Path, data_dir: str | None, max_trai
         summary.update(peak_rss_search_mb=None, search_pass_start=None, search_pass_end=None)
     else:
         from bipeft_core import Pipeline, load_plugins
-        from bipeft_core.cli import _parse_value, _set
         from bipeft_core.runner import Run
 
         plugins = load_plugins()
-        data = tomllib.loads((SPECS / f"{SPEC_OF.get(cell['method'], cell['method'])}.toml").read_text(
-            encoding="utf-8"))
-        data["budget"] = {"value": budget}
         folder = work / cell_id(**cell)
-        if cell["method"] == CURVE:
-            # the reference points (LoRA r=1..8, BitFit: five re-trains) once, on seed 42, for the plot
-            data["budget"] = {"value": budget, "budgets": list(CURVE_BUDGETS), "references": cell["seed"] == 42}
-        if cell["method"] in TRANSFER:
-            source = json.loads(transfer_source(cell, out or ROOT / "docs" / "benchmarks").read_text())
-            # beside the run folder, which must be new or a run folder when the run is created
-            kept = work / f"{cell_id(**cell)}.source-structure.json"
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(source["structure"], indent=1) + "\n")
-            data["search"] = {k: v for k, v in data["search"].items() if k not in (
-                "optimizer", "sensitivity", "trigger", "module_selector", "dimension_selector")}
-            data["search"]["optimizer"] = {"name": "fixed", "structure": str(kept)}
-        _set(data, "model.task", task_name)
-        for table in ("search", "retrain"):
-            settings = {**RECIPE, "seed": cell["seed"], "epochs": epochs}
-            if cell["method"] == "full":
-                settings["lr"] = FULL_LR
-            if cap:
-                settings["max_train_examples"] = cap
-            for key, value in settings.items():
-                _set(data, f"{table}.{key}", value)
-        fit_warmup(data, epochs)
-        for item in overrides:
-            target, _, assignment = item.partition(":")
-            if target != cell["method"]:
-                continue
-            key, value = assignment.split("=", 1)
-            _set(data, key, _parse_value(value))
+        data, source = cell_spec(cell, epochs=epochs, max_train=max_train, overrides=overrides, work=work,
+                                 out=out)
         pipe = Pipeline.from_dict(data, plugins=plugins, source=f"{cell['method']}.toml")
         run = Run.open(folder, plugins=plugins) if (folder / "run.json").is_file() else Run.create(
             folder, pipe, argv=sys.argv)
@@ -616,6 +634,52 @@ def structure_lines(cells: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson's r, or ``None`` when either side does not vary."""
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    sx = sum((x - mx) ** 2 for x in xs) ** 0.5
+    sy = sum((y - my) ** 2 for y in ys) ** 0.5
+    if not sx or not sy:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy)
+
+
+def share_score_lines(cells: list[dict[str, Any]], budget: str = "0.1%") -> list[str]:
+    """Per task, over every cell at ``budget`` that re-trained a structure of
+    BIPEFT's space (BIPEFT, its variants and its transferred structures; the
+    same space and recipe, so only the structure differs): Pearson's r between
+    each module type's share of the kept parameters and the test metric, and
+    the share of the kept parameters in modules at rank 4 or more. A
+    correlation over structures, not a cause: it says where to look."""
+    family = {"bipeft", CURVE, *VARIANTS, *TRANSFER}
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for c in cells:
+        if c.get("structure") and c.get("budget_value") == budget and c["method"] in family:
+            by_task.setdefault(c["task_key"], []).append(c)
+    by_task = {t: g for t, g in by_task.items() if len(g) >= 4}
+    if not by_task:
+        return []
+    types = sorted({e["type"] for g in by_task.values() for c in g for e in c["structure"]["entries"]})
+    lines = ["| task | cells | " + " | ".join(f"r({t} share, metric)" for t in types)
+             + " | r(rank ≥ 4 share, metric) |", "|---|---:|" + "---:|" * (len(types) + 1)]
+
+    def text(r: float | None) -> str:
+        return "–" if r is None else f"{r:+.2f}"
+
+    for task, group in sorted(by_task.items()):
+        scores = [100 * c["test"][c["metric"]] for c in group]
+        shares: dict[str, list[float]] = {t: [] for t in [*types, "big"]}
+        for c in group:
+            entries = c["structure"]["entries"]
+            total = sum(e["count"] for e in entries) or 1
+            for t in types:
+                shares[t].append(sum(e["count"] for e in entries if e["type"] == t) / total)
+            shares["big"].append(sum(e["count"] for e in entries if (e.get("rank") or 0) >= 4) / total)
+        lines.append(f"| {task} | {len(group)} | "
+                     + " | ".join(text(_correlation(shares[t], scores)) for t in [*types, "big"]) + " |")
+    return lines
+
+
 def budget_use_lines(cells: list[dict[str, Any]]) -> list[str]:
     """Budget use of every BIPEFT cell that records it (target ≥ 97 %)."""
     use = [(c["cell"], c["budget_use"]) for c in cells if c["method"] == "bipeft" and c.get("budget_use")]
@@ -735,7 +799,12 @@ def write_report(out: Path, command: str | None = None) -> list[dict[str, Any]]:
          "against the target's own search and peft LoRA r=8, same seed (differences: transferred minus the "
          "other).", transfer_lines(cells)),
         ("Structures", "Share of the kept parameters by module type, mean over the seeds of the cells that "
-         "store their structure (cells run before issue 10 do not).", structure_lines(cells)))
+         "store their structure (cells run before issue 10 do not).", structure_lines(cells)),
+        ("Structure and score", "Over every 0.1 % cell that re-trained a structure of BIPEFT's space (BIPEFT, "
+         "its variants and its transferred structures: one space and one recipe, so only the structure "
+         "differs), Pearson's r between a structure's share of kept parameters in each module type (or at "
+         "rank 4 or more) and its test metric. A correlation over structures, not a cause.",
+         share_score_lines(cells)))
     for title, intro, section_rows in sections:
         if section_rows:
             lines += ["", f"## {title}", "", intro, ""] + section_rows

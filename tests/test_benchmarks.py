@@ -318,3 +318,26 @@ def test_curve_and_transfer_cells_and_their_tables(tmp_path):
     assert "| stsb | 0.2% | 42,43 | 86.00 ± 0.00 | 45,000 | – | – | – |" in text
     assert "stsb s42 1.20 (270 against 85 steps), stsb s43 1.20" in text
     assert "| stsb | cola | 42,43 | 81.00 ± 0.00 | 83.00 ± 0.00 | -2.00 [-2.00, -2.00] | 84.00 ± 0.00 | -3.00" in text
+
+
+def _structured(method, seed, score, lora, adapter):
+    entries = [{"type": "lora", "count": lora, "rank": 8}, {"type": "adapter_lr", "count": adapter, "rank": 1},
+               {"type": "bitfit", "count": 100, "rank": None}]
+    return _cell(method, seed, score, structure={"entries": entries})
+
+
+def test_share_score_correlates_type_shares_with_the_metric_over_bipeft_structures():
+    # LoRA share rises with the score, Adapter-LR share falls; a rival's structure is left out
+    cells = [_structured("bipeft", 42, 0.80, 100, 900), _structured("bipeft", 43, 0.82, 400, 600),
+             _structured("transfer_cola", 42, 0.84, 700, 300), _structured("bipeft_k6", 42, 0.86, 900, 100),
+             _structured("s3delta", 42, 0.10, 900, 100)]
+    lines = grid.share_score_lines(cells)
+    assert lines[0].startswith("| task | cells | r(adapter_lr share, metric) | r(bitfit share, metric) | "
+                               "r(lora share, metric) | r(rank ≥ 4 share, metric) |")
+    row = lines[2].split("|")
+    assert row[1].strip() == "stsb" and row[2].strip() == "4"
+    adapter, bitfit, lora, big = (float(x) if x.strip() != "–" else None for x in row[3:7])
+    assert adapter < -0.9 and lora > 0.9 and big == lora
+    assert bitfit is None  # every structure gives BitFit the same share: no correlation to speak of
+    # fewer than four structures say nothing
+    assert grid.share_score_lines(cells[:3]) == []
