@@ -341,3 +341,40 @@ def test_share_score_correlates_type_shares_with_the_metric_over_bipeft_structur
     assert bitfit is None  # every structure gives BitFit the same share: no correlation to speak of
     # fewer than four structures say nothing
     assert grid.share_score_lines(cells[:3]) == []
+
+
+def test_cell_spec_gives_the_curve_its_budgets_and_every_cell_the_recipe():
+    data, source = grid.cell_spec({"task": "cola", "budget": "0.05%", "method": grid.CURVE, "seed": 43})
+    assert source is None
+    assert data["budget"] == {"value": "0.05%", "budgets": list(grid.CURVE_BUDGETS), "references": False}
+    assert data["search"]["seed"] == data["retrain"]["seed"] == 43
+    assert data["search"]["epochs"] == grid.TASKS["cola"][1]
+    single, _ = grid.cell_spec({"task": "cola", "budget": "0.1%", "method": "bipeft", "seed": 42},
+                               overrides=("bipeft:search.trigger.max_triggers=4", "s3delta:search.seed=1"))
+    assert single["budget"] == {"value": "0.1%"}
+    assert single["search"]["trigger"]["max_triggers"] == 4 and single["search"]["seed"] == 42
+    with pytest.raises(ValueError, match="work folder"):
+        grid.cell_spec({"task": "cola", "budget": "0.1%", "method": "transfer_stsb", "seed": 42})
+
+
+def test_curve_cost_rotates_the_searches_and_divides_by_each_single_search(tmp_path, monkeypatch):
+    cost = _load("curve_cost")
+    seconds = {("bipeft", "0.1%"): 100.0, ("bipeft", "0.05%"): 110.0, (grid.CURVE, "0.05%"): 121.0}
+    calls = []
+
+    def fake(task, method, budget, seed, folder, data_dir, max_train, epochs):
+        calls.append((method, budget, seed, max_train))
+        return {"wall": 1.0, "search_time": seconds[method, budget], "steps": 120, "count": 1, "budget": 1,
+                "curve_points": 2 if method == grid.CURVE else 0}
+
+    monkeypatch.setattr(cost, "run_search", fake)
+    assert cost.main(["--task", "cola", "--seeds", "42,43", "--work", str(tmp_path / "w"),
+                      "--out", str(tmp_path / "o")]) == 0
+    assert calls[0][3] == 64  # the untimed warm-up search
+    assert [c[:2] for c in calls[1:4]] == [("bipeft", "0.1%"), ("bipeft", "0.05%"), (grid.CURVE, "0.05%")]
+    assert [c[:2] for c in calls[4:7]] == [("bipeft", "0.05%"), (grid.CURVE, "0.05%"), ("bipeft", "0.1%")]
+    doc = json.loads((tmp_path / "o" / "curve_cost-cola.json").read_text())
+    assert [r["ratio_to_single_0.1"] for r in doc["rows"]] == pytest.approx([1.21, 1.21])
+    assert [r["ratio_to_single_0.05"] for r in doc["rows"]] == pytest.approx([1.1, 1.1])
+    text = (tmp_path / "o" / "curve_cost-cola.md").read_text()
+    assert "Largest ratio to the single 0.1 % search: 1.21 (meets the 1.5x bar)" in text
