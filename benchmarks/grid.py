@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -650,7 +651,9 @@ def share_score_lines(cells: list[dict[str, Any]], budget: str = "0.1%") -> list
     same space and recipe, so only the structure differs): Pearson's r between
     each module type's share of the kept parameters and the test metric, and
     the share of the kept parameters in modules at rank 4 or more. A
-    correlation over structures, not a cause: it says where to look."""
+    correlation over structures, not a cause: it says where to look. Also the
+    parameter-weighted mean depth (the first number in each entry's layer
+    name, entries without one left out)."""
     family = {"bipeft", CURVE, *VARIANTS, *TRANSFER}
     by_task: dict[str, list[dict[str, Any]]] = {}
     for c in cells:
@@ -661,22 +664,25 @@ def share_score_lines(cells: list[dict[str, Any]], budget: str = "0.1%") -> list
         return []
     types = sorted({e["type"] for g in by_task.values() for c in g for e in c["structure"]["entries"]})
     lines = ["| task | cells | " + " | ".join(f"r({t} share, metric)" for t in types)
-             + " | r(rank ≥ 4 share, metric) |", "|---|---:|" + "---:|" * (len(types) + 1)]
+             + " | r(rank ≥ 4 share, metric) | r(mean layer, metric) |", "|---|---:|" + "---:|" * (len(types) + 2)]
 
     def text(r: float | None) -> str:
         return "–" if r is None else f"{r:+.2f}"
 
     for task, group in sorted(by_task.items()):
         scores = [100 * c["test"][c["metric"]] for c in group]
-        shares: dict[str, list[float]] = {t: [] for t in [*types, "big"]}
+        shares: dict[str, list[float]] = {t: [] for t in [*types, "big", "depth"]}
         for c in group:
             entries = c["structure"]["entries"]
             total = sum(e["count"] for e in entries) or 1
             for t in types:
                 shares[t].append(sum(e["count"] for e in entries if e["type"] == t) / total)
             shares["big"].append(sum(e["count"] for e in entries if (e.get("rank") or 0) >= 4) / total)
+            depths = [(int(m.group()), e["count"]) for e in entries
+                      if (m := re.search(r"\d+", str(e.get("layer") or "")))]
+            shares["depth"].append(sum(d * n for d, n in depths) / (sum(n for _, n in depths) or 1))
         lines.append(f"| {task} | {len(group)} | "
-                     + " | ".join(text(_correlation(shares[t], scores)) for t in [*types, "big"]) + " |")
+                     + " | ".join(text(_correlation(shares[t], scores)) for t in [*types, "big", "depth"]) + " |")
     return lines
 
 

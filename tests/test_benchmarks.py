@@ -321,8 +321,9 @@ def test_curve_and_transfer_cells_and_their_tables(tmp_path):
 
 
 def _structured(method, seed, score, lora, adapter):
-    entries = [{"type": "lora", "count": lora, "rank": 8}, {"type": "adapter_lr", "count": adapter, "rank": 1},
-               {"type": "bitfit", "count": 100, "rank": None}]
+    entries = [{"type": "lora", "count": lora, "rank": 8, "layer": "encoder.layer.0"},
+               {"type": "adapter_lr", "count": adapter, "rank": 1, "layer": "encoder.layer.5"},
+               {"type": "bitfit", "count": 100, "rank": None, "layer": "embeddings.LayerNorm"}]
     return _cell(method, seed, score, structure={"entries": entries})
 
 
@@ -333,11 +334,13 @@ def test_share_score_correlates_type_shares_with_the_metric_over_bipeft_structur
              _structured("s3delta", 42, 0.10, 900, 100)]
     lines = grid.share_score_lines(cells)
     assert lines[0].startswith("| task | cells | r(adapter_lr share, metric) | r(bitfit share, metric) | "
-                               "r(lora share, metric) | r(rank ≥ 4 share, metric) |")
+                               "r(lora share, metric) | r(rank ≥ 4 share, metric) | r(mean layer, metric) |")
     row = lines[2].split("|")
     assert row[1].strip() == "stsb" and row[2].strip() == "4"
-    adapter, bitfit, lora, big = (float(x) if x.strip() != "–" else None for x in row[3:7])
+    adapter, bitfit, lora, big, depth = (float(x) if x.strip() != "–" else None for x in row[3:8])
     assert adapter < -0.9 and lora > 0.9 and big == lora
+    # the deeper (layer 5) Adapter-LR holds more where the score is lower; the embeddings' BitFit has no depth
+    assert depth < -0.9
     assert bitfit is None  # every structure gives BitFit the same share: no correlation to speak of
     # fewer than four structures say nothing
     assert grid.share_score_lines(cells[:3]) == []
