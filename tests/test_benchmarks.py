@@ -381,3 +381,15 @@ def test_curve_cost_rotates_the_searches_and_divides_by_each_single_search(tmp_p
     assert [r["ratio_to_single_0.05"] for r in doc["rows"]] == pytest.approx([1.1, 1.1])
     text = (tmp_path / "o" / "curve_cost-cola.md").read_text()
     assert "Largest ratio to the single 0.1 % search: 1.21 (meets the 1.5x bar)" in text
+
+
+def test_reseed_spec_keeps_the_recipe_and_replaces_the_search_by_the_stored_structure(tmp_path):
+    reseed = _load("reseed")
+    cell = {"task_key": "stsb", "budget_value": "0.1%", "train_epochs": 3, "max_train": None}
+    data = reseed.fixed_spec(cell, tmp_path / "s.json", 45)
+    assert data["search"]["optimizer"] == {"name": "fixed", "structure": str(tmp_path / "s.json")}
+    assert not {"sensitivity", "trigger", "module_selector", "dimension_selector"} & set(data["search"])
+    assert data["retrain"]["seed"] == 45 and data["retrain"]["epochs"] == 3
+    ours, _ = grid.cell_spec({"task": "stsb", "budget": "0.1%", "method": "bipeft", "seed": 45})
+    assert {k: v for k, v in data["retrain"].items()} == ours["retrain"]
+    assert reseed.fixed_spec(cell, tmp_path / "s.json", 45, max_train=64)["retrain"]["max_train_examples"] == 64
