@@ -637,12 +637,10 @@ def structure_lines(cells: list[dict[str, Any]]) -> list[str]:
 
 def _correlation(xs: list[float], ys: list[float]) -> float | None:
     """Pearson's r, or ``None`` when either side does not vary."""
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    sx = sum((x - mx) ** 2 for x in xs) ** 0.5
-    sy = sum((y - my) ** 2 for y in ys) ** 0.5
-    if not sx or not sy:
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:
         return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy)
 
 
 def share_score_lines(cells: list[dict[str, Any]], budget: str = "0.1%") -> list[str]:
