@@ -56,7 +56,7 @@ from bipeft_core.checkpoint import CheckpointError
 from bipeft_core.distributed import Dist
 from bipeft_core.errors import TrainingError
 from bipeft_core.interfaces import Optimizer
-from bipeft_core.repair import refill_to_budget, repair_to_budget, structure_count
+from bipeft_core.repair import refill_to_budget, repair_to_budget, smallest_addition, structure_count
 from bipeft_core.state import Control, SearchContext, SearchResult, SearchState, TriggerEvent
 from bipeft_core.structure import Structure
 from bipeft_core.training import (
@@ -88,6 +88,9 @@ Choices = dict[int, int | None]
 Products = Sequence[Sequence[torch.Tensor | None] | None]
 #: The component kinds the loop drives, in the order it resets and checkpoints them.
 LOOP_COMPONENTS = ("sensitivity", "trigger", "module_selector", "dimension_selector")
+#: The note a re-filled result carries when it stops short of its budget:
+#: what is left and the smallest single addition the space offers (larger).
+REFILL_NOTE = "re-fill: {left:,} of the budget left, smaller than the smallest addition the space offers (+{least:,})"
 
 
 def check_finite(loss: torch.Tensor, where: str, step: int) -> None:
@@ -155,6 +158,11 @@ def build_result(
             choices, log = repair_to_budget(ctx.specs, choices, order, ctx.budget)
             if refill:
                 choices, refill_log = refill_to_budget(ctx.specs, choices, order, ctx.budget)
+                left = ctx.budget - structure_count(ctx.specs, choices)
+                if left > 0:
+                    least = smallest_addition(ctx.specs, choices)
+                    notes = [*notes, REFILL_NOTE.format(left=left, least=least) if least is not None
+                             else f"re-fill: {left:,} of the budget left and the whole space is in the structure"]
         structure = Structure.from_choices(ctx.specs, choices, space=ctx.space_name, model_type=ctx.model_type,
                                            backbone_params=ctx.backbone_params, budget=ctx.budget)
     count = structure.count()

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from bipeft_core.types import ModuleSpec
 
-__all__ = ["refill_to_budget", "repair_to_budget", "structure_count"]
+__all__ = ["refill_to_budget", "repair_to_budget", "smallest_addition", "structure_count"]
 
 
 def structure_count(specs: Sequence[ModuleSpec], choices: Mapping[int, int | None]) -> int:
@@ -87,3 +87,24 @@ def refill_to_budget(
             count += spec.count(None)
             log.append(f"added {spec.id} (+{spec.count(None):,})")
     return out, log
+
+
+def smallest_addition(specs: Sequence[ModuleSpec], choices: Mapping[int, int | None]) -> int | None:
+    """The fewest parameters any single addition to the structure would
+    take: a module not in it at its smallest candidate rank (a vector module
+    at its count), or a kept matrix module raised to its next rank. ``None``
+    when the whole space is already in the structure at its largest ranks.
+    After :func:`refill_to_budget` this is larger than what the budget has
+    left, so it says why a structure stops short of its budget."""
+    sizes: list[int] = []
+    for i, spec in enumerate(specs):
+        if i in choices:
+            current = choices[i]
+            if spec.is_matrix and current is not None:
+                now = spec.count(current)
+                sizes += [spec.count(r) - now for r in spec.ranks if r > current]
+        elif spec.is_matrix:
+            sizes += [spec.count(r) for r in spec.ranks]
+        else:
+            sizes.append(spec.count(None))
+    return min(sizes) if sizes else None

@@ -393,3 +393,22 @@ def test_reseed_spec_keeps_the_recipe_and_replaces_the_search_by_the_stored_stru
     ours, _ = grid.cell_spec({"task": "stsb", "budget": "0.1%", "method": "bipeft", "seed": 45})
     assert {k: v for k, v in data["retrain"].items()} == ours["retrain"]
     assert reseed.fixed_spec(cell, tmp_path / "s.json", 45, max_train=64)["retrain"]["max_train_examples"] == 64
+
+
+def test_budget_use_target_excuses_only_cells_where_nothing_fits():
+    from bipeft_core.loop import REFILL_NOTE
+
+    def cell(name, params, notes=(), refill_log=()):
+        return {"cell": name, "method": "bipeft", "budget": 1000, "peft_params": params,
+                "budget_use": params / 1000, "notes": list(notes), "refill_log": list(refill_log)}
+
+    full = cell("a", 990)
+    noted = cell("b", 950, notes=[REFILL_NOTE.format(left=50, least=64)])
+    old = cell("c", 960, refill_log=["added bitfit:x (+8)"])
+    (line,) = grid.budget_use_lines([full, noted, old])
+    assert "**met**" in line and "b: 50 left, smallest addition +64" in line and "c: 40 left after 1 re-fill" in line
+    # a note whose smallest addition would fit, or a short cell with no re-fill at all, misses the target
+    wrong = cell("d", 900, notes=[REFILL_NOTE.format(left=100, least=64)])
+    bare = cell("e", 900)
+    (line,) = grid.budget_use_lines([full, wrong, bare])
+    assert "**missed on d, e**" in line

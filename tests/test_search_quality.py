@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bipeft_core import Pipeline, load_plugins
-from bipeft_core.repair import refill_to_budget, repair_to_budget, structure_count
+from bipeft_core.repair import refill_to_budget, repair_to_budget, smallest_addition, structure_count
 from bipeft_core.state import SearchState
 from bipeft_core.supernet import Supernet
 from bipeft_core.targets import find_target_map
@@ -248,6 +248,25 @@ def test_repair_then_refill_stays_within_budget_and_leaves_no_room(case):
         elif s.is_matrix and out[i] != s.max_rank:
             nxt = min(r for r in s.ranks if r > out[i])
             assert s.count(nxt) - s.count(out[i]) > room
+    # and smallest_addition names that smallest step (None only when the whole space is in at full rank)
+    least = smallest_addition(specs, out)
+    full = len(out) == len(specs) and all(r is None or r == specs[i].max_rank for i, r in out.items())
+    assert (least is None) == full
+    assert least is None or least > room
+
+
+def test_smallest_addition_counts_modules_and_rank_steps():
+    _, specs = _SPECS
+    m = next(i for i, s in enumerate(specs) if s.is_matrix)
+    spec = specs[m]
+    everything = {i: (s.max_rank if s.is_matrix else None) for i, s in enumerate(specs)}
+    assert smallest_addition(specs, everything) is None
+    one_step = dict(everything)
+    one_step[m] = spec.ranks[-2]
+    assert smallest_addition(specs, one_step) == spec.max_count - spec.count(spec.ranks[-2])
+    v = next(i for i, s in enumerate(specs) if not s.is_matrix)
+    without = {i: r for i, r in everything.items() if i != v}
+    assert smallest_addition(specs, without) == specs[v].count(None)
 
 
 # -- end to end -----------------------------------------------------------------------------
@@ -266,6 +285,10 @@ def test_default_search_fills_the_budget_and_records_its_trigger_steps():
     # spread with fresh indicators: two firings are at least window + 1 steps apart
     assert all(b - a >= 6 for a, b in zip(steps, steps[1:]))
     assert list(data["refill_log"]) == list(result.refill_log)
+    # a result short of its budget says why: what is left is below the smallest addition
+    if result.count < budget:
+        note = next(n for n in result.notes if n.startswith("re-fill:"))
+        assert f"{budget - result.count:,} of the budget left" in note
 
 
 def test_weight_only_warmup_takes_no_architecture_step_until_the_warmup_ends():
