@@ -690,7 +690,7 @@ def _refill_note() -> re.Pattern[str]:
 
     pattern = re.escape(REFILL_NOTE)
     for name in ("left", "least"):
-        pattern = pattern.replace(re.escape("{%s:,}" % name), rf"(?P<{name}>[\d,]+)")
+        pattern = pattern.replace(re.escape("{" + name + ":,}"), rf"(?P<{name}>[\d,]+)")
     return re.compile(pattern)
 
 
