@@ -23,6 +23,7 @@ from bipeft_core.export import export_bipeft, export_merged, export_peft, export
 from bipeft_core.hookspecs import hookimpl, hookspec
 from bipeft_core.interfaces import (
     DimensionSelector,
+    ExportFormat,
     ModuleSelector,
     Optimizer,
     PeftModuleType,
@@ -52,6 +53,7 @@ __all__ = [
     "DataError",
     "DeclarativeSpace",
     "DimensionSelector",
+    "ExportFormat",
     "DuplicateNameError",
     "ModelSpec",
     "ModuleSelector",

@@ -616,10 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="print the table only")
     p = add("export", help="export the re-trained model (peft, merged or bipeft format)")
     p.add_argument("result", help="a run folder with a finished re-train")
-    p.add_argument("--format", choices=("auto", "peft", "peft-bipeft", "merged", "bipeft"), default="auto",
+    p.add_argument("--format", default="auto",
                    help="auto (default: native peft when it holds the structure exactly, else bipeft's "
                         "registered peft method), peft, peft-bipeft, merged (modules folded into the weights: "
-                        "a plain transformers model), or bipeft (bipeft's own)")
+                        "a plain transformers model), bipeft (bipeft's own), or a format an installed plugin adds")
     p.add_argument("--base-model", help="the base model the export names (base_model_name_or_path); default: "
                                         "the run's model as its spec gives it")
     p.add_argument("--out", help="the export folder (default: RUN/export-<format>)")

@@ -64,6 +64,14 @@ def bipeft_register_tasks(registry: Any) -> None:
     when plugins are loaded."""
 
 
+@hookspec
+def bipeft_register_export_formats(registry: Any) -> None:
+    """Add export formats (:class:`bipeft_core.ExportFormat` instances),
+    which ``export(..., format=name)`` and ``bipeft export --format`` then
+    take. bipeft's own format (``bipeft``) is the core's and always there.
+    Called once when plugins are loaded."""
+
+
 @hookspec(firstresult=True)
 def bipeft_default_spec() -> dict[str, Any] | None:
     """The pipeline spec (its dict form, without ``model.task``) that a run

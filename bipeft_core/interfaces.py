@@ -11,6 +11,8 @@ A search is composed of one object per interface:
 * :class:`ModuleSelector` prunes modules when the trigger fires.
 * :class:`DimensionSelector` fixes ranks when the trigger fires.
 * :class:`Optimizer` drives the whole search loop and calls the others.
+* :class:`ExportFormat` writes a trained structure to a folder in one format
+  (peft's, bipeft's own, ...) and maps such a folder's weights back.
 
 Every method's docstring says when it is called and what it may change.
 Stateful components implement ``state_dict`` / ``load_state_dict`` so a search
@@ -28,11 +30,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from bipeft_core.state import SearchContext, SearchResult, SearchState
+    from bipeft_core.structure import PeftModel
     from bipeft_core.targets import TargetMap
-    from bipeft_core.types import ModuleSpec, PeftExport, Shape, Site
+    from bipeft_core.types import ExportFiles, ModuleSpec, PeftExport, Shape, Site
 
 __all__ = [
     "DimensionSelector",
+    "ExportFormat",
     "ModuleSelector",
     "Optimizer",
     "PeftModuleType",
@@ -295,3 +299,69 @@ class Optimizer(Stateful, ABC):
         """Run the whole search and return its result. Called once by
         :meth:`bipeft_core.Pipeline.search`; on resume, ``ctx`` carries the
         checkpoint to continue from."""
+
+
+class ExportFormat(ABC):
+    """One export format: how :func:`bipeft_core.export.export` writes a
+    trained :class:`~bipeft_core.structure.PeftModel` to a folder, and how
+    :func:`bipeft_core.export.load_peft` reads such a folder's weights back.
+
+    Registered through ``bipeft_register_export_formats`` under
+    :attr:`name`, which ``export(..., format=name)`` and ``bipeft export
+    --format`` take. The exporter owns what every format shares: the
+    folder (refusing a non-empty one), ``structure.json``, the tokenizer's
+    files, the model card and, last, ``export.json`` with the checksums. A
+    format owns its own files: :meth:`prepare` checks the structure and
+    builds everything in memory, so a refused export writes nothing.
+    """
+
+    name: ClassVar[str]
+    """The format's registry name, e.g. ``"peft"``."""
+    auto_preference: ClassVar[int | None] = None
+    """Where ``format="auto"`` ranks the format: the formats with a
+    preference are tried from the highest, and the first whose
+    :meth:`refusal` is ``None`` is written. ``None`` (the default): never
+    chosen automatically."""
+    library_name: ClassVar[str] = "peft"
+    """The model card's ``library_name``: the library that loads the folder."""
+    card_tags: ClassVar[tuple[str, ...]] = ("peft",)
+    """Tags the model card adds after ``bipeft`` (the module types follow)."""
+    weights_file: ClassVar[str | None] = None
+    """The weights file :meth:`to_trainable_state` reads back; ``None``: the
+    format is not read back by :func:`~bipeft_core.export.load_peft`."""
+    load_hint: ClassVar[str] = "this format cannot be read back by bipeft"
+    """What ``load_peft`` says about a folder of a format it does not read
+    back (:attr:`weights_file` ``None``): how to load it instead."""
+
+    def refusal(self, peft_model: PeftModel, registry: Any) -> str | None:
+        """Why this format cannot hold ``peft_model``'s structure (one
+        sentence), or ``None`` when it can. ``registry``: the PEFT module
+        types. Pure; called when ``format="auto"`` chooses. Default: ``None``."""
+        return None
+
+    @abstractmethod
+    def prepare(self, peft_model: PeftModel, *, registry: Any, base_model_name_or_path: str | None,
+                plugin_modules: Sequence[str] = ()) -> ExportFiles:
+        """Check that the format holds the structure (else raise a
+        :class:`~bipeft_core.errors.StructureError` that names what stops
+        it and the format to use instead) and build the format's files in
+        memory, as an :class:`~bipeft_core.types.ExportFiles` whose
+        ``write`` writes them into the (new, empty) folder. Writes nothing.
+        ``plugin_modules``: import names of plugin modules the structure's
+        module types come from, for formats that record them."""
+
+    def to_trainable_state(self, state: Mapping[str, torch.Tensor], peft_model: PeftModel,
+                           registry: Any) -> dict[str, torch.Tensor]:
+        """The tensors of :attr:`weights_file` under the keys of
+        :meth:`PeftModel.trainable_state_dict` (``peft.<i>.<name>``,
+        ``head.<name>``), for ``peft_model``, the export's structure built
+        on a fresh backbone. Called by ``load_peft``; raise a
+        :class:`~bipeft_core.errors.StructureError` for a key that does not
+        belong. Default: the keys as they are."""
+        return dict(state)
+
+    def loading_snippet(self, model: nn.Module) -> list[str]:
+        """Python lines for the model card: how to load the folder (``model``
+        is the trained backbone, for its class). Default: ``load_peft``."""
+        return ["from bipeft_core import load_peft",
+                'model = load_peft(base_model, "<this folder>")  # base_model: the same architecture and weights']

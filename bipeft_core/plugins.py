@@ -20,6 +20,7 @@ import bipeft_core.hookspecs as hookspecs
 from bipeft_core.errors import RegistryError, UnknownNameError
 from bipeft_core.interfaces import (
     DimensionSelector,
+    ExportFormat,
     ModuleSelector,
     Optimizer,
     PeftModuleType,
@@ -50,6 +51,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "manual": "bipeft_plugins.strategies.manual",
     "autopeft": "bipeft_plugins.strategies.autopeft",
     "tasks": "bipeft_plugins.tasks",
+    "exports": "bipeft_plugins.exports",
     "defaults": "bipeft_plugins.defaults",
 }
 
@@ -113,7 +115,8 @@ class Plugins:
     """The loaded plugins and the registries they filled.
 
     Attributes: ``pm`` (the pluggy manager), ``hook`` (to call event hooks),
-    ``peft_modules``, ``strategies``, ``spaces``, ``target_maps``, ``tasks``.
+    ``peft_modules``, ``strategies``, ``spaces``, ``target_maps``, ``tasks``,
+    ``export_formats``.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -125,6 +128,7 @@ class Plugins:
         self.spaces: Registry[SearchSpace] = Registry("search space", SearchSpace)
         self.target_maps: Registry[TargetMap] = Registry("target map", TargetMap)
         self.tasks: Registry[Any] = Registry("task")
+        self.export_formats: Registry[ExportFormat] = Registry("export format", ExportFormat)
 
     @property
     def hook(self) -> Any:
@@ -134,7 +138,8 @@ class Plugins:
         """Every registry by its kind, for listing (``bipeft plugins``)."""
         out: dict[str, Any] = {"peft_module": self.peft_modules}
         out.update(dict(self.strategies.items()))
-        out.update(space=self.spaces, target_map=self.target_maps, task=self.tasks)
+        out.update(space=self.spaces, target_map=self.target_maps, task=self.tasks,
+                   export_format=self.export_formats)
         return out
 
     def _fill(self) -> None:
@@ -146,7 +151,12 @@ class Plugins:
             ("bipeft_register_search_spaces", self.spaces),
             ("bipeft_register_target_maps", self.target_maps),
             ("bipeft_register_tasks", self.tasks),
+            ("bipeft_register_export_formats", self.export_formats),
         ]
+        from bipeft_core.formats import BipeftFormat  # local: formats imports the structure layer
+
+        self.export_formats._set_provider("bipeft_core", "bipeft (built-in)")
+        self.export_formats.add(BipeftFormat())
         # Spaces and tasks may look up module types: fill in this order, each
         # hook called plugin by plugin in registration order so every entry
         # records who provided it.

@@ -1,7 +1,8 @@
 """The plain data the contract speaks in: where a module can attach (:class:`Site`),
 the shape facts a parameter count needs (:class:`Shape`), one searchable
 module at one position (:class:`ModuleSpec`), and how one kept module is
-written in Hugging Face peft's own adapter format (:class:`PeftExport`).
+written in Hugging Face peft's own adapter format (:class:`PeftExport`), and
+what an export format prepared for a folder (:class:`ExportFiles`).
 
 This module imports nothing of bipeft but its errors, so every other layer
 (interfaces, engine, plugins) can depend on it without a cycle.
@@ -9,14 +10,15 @@ This module imports nothing of bipeft but its errors, so every other layer
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from bipeft_core.errors import SearchSpaceError, StructureError
 
-__all__ = ["ModuleSpec", "PeftExport", "Shape", "Site", "check_ranks", "freeze_mapping", "hashable"]
+__all__ = ["ExportFiles", "ModuleSpec", "PeftExport", "Shape", "Site", "check_ranks", "freeze_mapping", "hashable"]
 
 
 @attrs.frozen(kw_only=True)
@@ -151,7 +153,7 @@ class PeftExport:
 
     What :meth:`bipeft_core.interfaces.PeftModuleType.peft_export` returns for
     a module type that peft has a native form of. Plain data, no peft objects:
-    the exporter (:mod:`bipeft_core.export`) owns grouping the records of a
+    the ``peft`` export format (``bipeft_plugins.exports.peft_native``) owns grouping the records of a
     structure's modules into one peft config and weights file, and this record
     owns what is particular to the module type.
     """
@@ -196,3 +198,23 @@ class PeftExport:
         bad = [v for v in self.weights.values() if not isinstance(v, str) or not v]
         if bad:
             raise StructureError(f"{where}: weights map to {bad}; give the module's state_dict keys")
+
+
+@attrs.frozen(kw_only=True)
+class ExportFiles:
+    """What an :class:`~bipeft_core.interfaces.ExportFormat` prepared: its
+    own files, built in memory and written by :attr:`write`, with what the
+    exporter records about them in ``export.json``."""
+
+    write: Callable[[Path], str | None]
+    """Writes the format's files into the folder it is given (new and empty
+    but for what the exporter writes there); returns the weights file's name
+    when it is known only once written (a sharded model), else ``None``."""
+    weights: str
+    """The file (in the folder) that holds the weights; ``export.json``
+    records its checksum."""
+    unsupported: list[str] = attrs.field(factory=list)
+    """``export.json``'s ``peft_cannot_represent``: the parts of the
+    structure native peft has no form of (one item per module type)."""
+    extra: dict[str, Any] = attrs.field(factory=dict)
+    """More fields for ``export.json`` (``peft_version``, ``peft_type``, ...)."""

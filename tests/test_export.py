@@ -13,23 +13,25 @@ import sys
 import attrs
 import pytest
 import torch
+from bipeft_plugins.exports.peft_native import verify_config as _verify_config
 
 from bipeft_core.errors import BipeftError, StructureError
 from bipeft_core.export import (
-    _sha256,
-    _verify_config,
     choose_format,
     export,
     export_bipeft,
     export_peft,
+    format_names,
     load_peft,
     peft_refusal,
 )
-from bipeft_core.interfaces import PeftModuleType
+from bipeft_core.formats import sha256 as _sha256
+from bipeft_core.hookspecs import hookimpl
+from bipeft_core.interfaces import ExportFormat, PeftModuleType
 from bipeft_core.structure import Structure
 from bipeft_core.targets import backbone_param_count, find_target_map
 from bipeft_core.testing import tiny_batch, tiny_model
-from bipeft_core.types import PeftExport
+from bipeft_core.types import ExportFiles, PeftExport
 
 peft = pytest.importorskip("peft")
 
@@ -458,3 +460,59 @@ def test_missing_peft_gives_install_hint(plugins, tmp_path, monkeypatch):
     with pytest.raises(BipeftError, match=r"pip install 'bipeft\[peft\]'"):
         export_peft(pm, tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+class _Halves(ExportFormat):
+    """A third-party format: the trainable tensors halved on disk, doubled back on load."""
+
+    name = "halves"
+    auto_preference = 99
+    library_name = "bipeft"
+    weights_file = "halves.safetensors"
+
+    def refusal(self, peft_model, registry):
+        return "no full fine-tuning" if peft_model.structure.full else None
+
+    def prepare(self, peft_model, *, registry, base_model_name_or_path, plugin_modules=()):
+        from bipeft_core.formats import save_tensors
+
+        state = {k: v / 2 for k, v in peft_model.trainable_state_dict().items()}
+        return ExportFiles(write=lambda path: save_tensors(state, path / self.weights_file, {"format": "pt"}),
+                           weights=self.weights_file, extra={"halved": True})
+
+    def to_trainable_state(self, state, peft_model, registry):
+        return {k: v * 2 for k, v in state.items()}
+
+
+class _HalvesPlugin:
+    @hookimpl
+    def bipeft_register_export_formats(self, registry):
+        registry.add(_Halves())
+
+
+def test_a_plugin_export_format_is_chosen_written_and_read_back(tmp_path):
+    from bipeft_core.plugins import load_plugins
+
+    mine = load_plugins([_HalvesPlugin()])
+    assert "halves" in format_names(mine) and "peft" in format_names(mine)
+    pm = _lora_model("bert", mine, [4, 1])
+    assert choose_format(pm, mine) == ("halves", None)  # the highest auto_preference that holds it
+    out = export(pm, tmp_path / "h", plugins=mine)
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "halves" and info["halved"] is True and "halves.safetensors" in info["files"]
+    assert (out / "structure.json").is_file() and (out / "README.md").is_file()
+    batch = tiny_batch(pm.model)
+    loaded = load_peft(tiny_model("bert"), out, plugins=mine)
+    torch.testing.assert_close(_logits(loaded, batch), _logits(pm, batch), atol=ATOL, rtol=0)
+    # without the plugin the folder is refused by its format's name, and so is the format itself
+    with pytest.raises(StructureError, match=r"export format 'halves', which no loaded plugin provides"):
+        load_peft(tiny_model("bert"), out, plugins=plugins_without_halves())
+    with pytest.raises(BipeftError, match=r"unknown export format 'halves'; use one of auto, .*bipeft"):
+        export(pm, tmp_path / "x", format="halves", plugins=plugins_without_halves())
+    assert not (tmp_path / "x").exists()
+
+
+def plugins_without_halves():
+    from bipeft_core.plugins import load_plugins
+
+    return load_plugins()
