@@ -10,13 +10,16 @@ its contract class here, and that the contracts fail on broken components."""
 from __future__ import annotations
 
 import pytest
+from bipeft_plugins.exports import MergedFormat, PeftFormat, PeftMethodFormat
 from hypothesis import HealthCheck, Phase, settings
 
 from bipeft_core import DimensionSelector, ModuleSelector, hookimpl, load_plugins
+from bipeft_core.formats import BipeftFormat
 from bipeft_core.testing import (
     TINY_FAMILIES,
     BudgetInvariantsContract,
     DimensionSelectorContract,
+    ExportFormatContract,
     ModuleSelectorContract,
     OptimizerContract,
     PeftModuleTypeContract,
@@ -349,3 +352,24 @@ class TestTheOptimizerContractCatchesAnOverBudgetSearch(OptimizerContract):
     def test_budgeted_search_stays_within_the_budget(self, searched):
         with pytest.raises(AssertionError, match="over its budget"):
             super().test_budgeted_search_stays_within_the_budget(searched)
+
+
+# -- export formats ---------------------------------------------------------------------------
+
+
+class TestBipeftFormat(ExportFormatContract):
+    export_format = BipeftFormat
+
+
+class TestPeftFormat(ExportFormatContract):
+    export_format = PeftFormat
+    requires = ("peft",)
+
+
+class TestPeftMethodFormat(ExportFormatContract):
+    export_format = PeftMethodFormat
+    requires = ("peft",)
+
+
+class TestMergedFormat(ExportFormatContract):
+    export_format = MergedFormat

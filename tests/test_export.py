@@ -516,3 +516,30 @@ def plugins_without_halves():
     from bipeft_core.plugins import load_plugins
 
     return load_plugins()
+
+
+def test_the_export_format_contract_catches_a_format_that_does_not_read_back(tmp_path):
+    from bipeft_core.plugins import load_plugins
+    from bipeft_core.testing import ExportFormatContract, export_structures
+
+    class _Forgetful(_Halves):
+        name = "forgetful"
+
+        def to_trainable_state(self, state, peft_model, registry):
+            return dict(state)  # forgets to double the halved tensors back
+
+    class _ForgetfulPlugin:
+        @hookimpl
+        def bipeft_register_export_formats(self, registry):
+            registry.add(_Forgetful())
+
+    loaded = load_plugins([_ForgetfulPlugin()])
+    contract = ExportFormatContract()
+    structures = export_structures(loaded)
+    with pytest.raises(AssertionError):
+        contract.test_refusal_agrees_with_prepare_and_a_refused_export_writes_nothing(
+            _Forgetful(), loaded, structures, "lora", tmp_path)
+    # the honest format passes the same check
+    honest = load_plugins([_HalvesPlugin()])
+    contract.test_refusal_agrees_with_prepare_and_a_refused_export_writes_nothing(
+        _Halves(), honest, export_structures(honest), "mixed", tmp_path / "ok")

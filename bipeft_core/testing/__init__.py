@@ -24,7 +24,8 @@ interface's docstrings (docs/testing.md)::
 * :class:`BudgetInvariantsContract`: the hypothesis stateful test of the
   budget invariants of both selectors across a search's triggers,
 * :class:`OptimizerContract`: a whole search on a tiny model,
-* :class:`TaskContract`: a task loaded from a data folder.
+* :class:`TaskContract`: a task loaded from a data folder,
+* :class:`ExportFormatContract`: an export format's refusals, files and round trip.
 
 Everything here needs the ``test`` extra (pytest and hypothesis).
 """
@@ -39,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - the test extra is not installed
                       "pip install 'bipeft[test]'") from exc
 
 from bipeft_core.testing.budget_invariants import BudgetInvariantsContract, BudgetInvariantsMachine
+from bipeft_core.testing.export_format import ExportFormatContract, export_structures
 from bipeft_core.testing.fixtures import (
     TINY_FAMILIES,
     InterruptAt,
@@ -84,6 +86,7 @@ __all__ = [
     "BudgetInvariantsContract",
     "BudgetInvariantsMachine",
     "DimensionSelectorContract",
+    "ExportFormatContract",
     "InterruptAt",
     "ModuleSelectorContract",
     "ModuleTypeProbe",
@@ -97,6 +100,7 @@ __all__ = [
     "check_module_selection",
     "check_peft_module_type",
     "discrete_spec",
+    "export_structures",
     "drive_trigger",
     "fire_selectors",
     "load_module_plugins",
