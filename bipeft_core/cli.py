@@ -336,23 +336,15 @@ def _execute(args: argparse.Namespace, printer: Printer, run: Any, data: Any, st
 
 
 def cmd_transfer(args: argparse.Namespace, printer: Printer) -> int:
-    from bipeft_core.pipeline import Pipeline
     from bipeft_core.plugins import load_plugins
-    from bipeft_core.runner import Run, transfer_spec
+    from bipeft_core.runner import transfer_pipeline, transfer_run
 
     _check_device(args.device)
     plugins = load_plugins([_event_plugin(printer)])
-    spec = transfer_spec(args.result, args.task, model=args.model, plugins=plugins)
-    for table in ("search", "retrain"):
-        if args.epochs is not None:
-            spec[table]["epochs"] = args.epochs
-        if args.seed is not None:
-            spec[table]["seed"] = args.seed
-    pipeline = Pipeline.from_dict(spec, plugins=plugins, source=f"transfer of {args.result}")
+    pipeline = transfer_pipeline(args.result, args.task, model=args.model, epochs=args.epochs, seed=args.seed,
+                                 plugins=plugins)
     folder = Path(args.out) if args.out else _default_out(pipeline)
-    Run.check_folder(folder, pipeline, overwrite=args.overwrite, command="transfer")
-    data = Run.prepare(pipeline, data_dir=args.data_dir)
-    run = Run.create(folder, pipeline, argv=sys.argv, overwrite=args.overwrite)
+    run, data = transfer_run(pipeline, folder, data_dir=args.data_dir, overwrite=args.overwrite, argv=sys.argv)
     printer.info(f"run folder {run.folder}: the structure of {args.result} re-trained on {pipeline.model.task}")
     args.checkpoint_every, args.resume = 50, False
     return _execute(args, printer, run, data, ("search", "retrain"))

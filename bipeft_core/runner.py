@@ -42,7 +42,8 @@ from bipeft_core.errors import BipeftError, SpecError, read_text_file
 from bipeft_core.pipeline import Pipeline
 from bipeft_core.spec import Component
 
-__all__ = ["Run", "RunError", "check_model_path", "default_spec", "is_hub_id", "versions"]
+__all__ = ["Run", "RunError", "check_model_path", "default_spec", "is_hub_id", "transfer",
+           "transfer_pipeline", "transfer_run", "transfer_spec", "versions"]
 
 logger = logging.getLogger("bipeft.run")
 
@@ -106,6 +107,46 @@ def transfer_spec(run: str | os.PathLike[str], task: str, *, model: str | None =
     for table in ("search", "retrain"):
         data.setdefault(table, {})["epochs"] = found.epochs or 3
     return data
+
+
+def transfer_pipeline(run: str | os.PathLike[str], task: str, *, model: str | None = None,
+                      epochs: int | None = None, seed: int | None = None, plugins: Any = None) -> Pipeline:
+    """The pipeline of :func:`transfer_spec`, with ``epochs`` and ``seed``
+    (when given) replacing the task's defaults in both stages."""
+    from bipeft_core.plugins import default_plugins
+
+    plugins = plugins if plugins is not None else default_plugins()
+    spec = transfer_spec(run, task, model=model, plugins=plugins)
+    for table in ("search", "retrain"):
+        if epochs is not None:
+            spec[table]["epochs"] = epochs
+        if seed is not None:
+            spec[table]["seed"] = seed
+    return Pipeline.from_dict(spec, plugins=plugins, source=f"transfer of {run}")
+
+
+def transfer_run(pipeline: Pipeline, out: str | os.PathLike[str], *, data_dir: str | None = None,
+                 overwrite: bool = False, argv: list[str] | None = None) -> tuple[Run, Data]:
+    """Write the run folder ``out`` for a :func:`transfer_pipeline` and load
+    its data; nothing is trained yet (:meth:`Run.execute` with ``data=`` does
+    that). Everything is checked before the folder is written, as for any
+    run: a ``model`` whose layers do not hold the structure's sites, a folder
+    that holds another run."""
+    Run.check_folder(out, pipeline, overwrite=overwrite, command="run")  # a transfer resumes as a run
+    data = Run.prepare(pipeline, data_dir=data_dir)
+    return Run.create(out, pipeline, argv=argv, overwrite=overwrite), data
+
+
+def transfer(run: str | os.PathLike[str], task: str, out: str | os.PathLike[str], *, model: str | None = None,
+             epochs: int | None = None, seed: int | None = None, data_dir: str | None = None,
+             overwrite: bool = False, plugins: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Re-train ``run``'s searched structure on ``task`` (and on ``model``, a
+    backbone of the same family whose layers map one to one) into the normal
+    run folder ``out``; returns its summary (what ``summary.json`` holds).
+    The Python form of ``bipeft transfer RUN --task TASK --out OUT``."""
+    pipeline = transfer_pipeline(run, task, model=model, epochs=epochs, seed=seed, plugins=plugins)
+    new, data = transfer_run(pipeline, out, data_dir=data_dir, overwrite=overwrite)
+    return new.execute(data=data, progress=progress)
 
 
 def versions() -> dict[str, str]:

