@@ -47,9 +47,13 @@ def test_protocol_grid_has_the_cells_of_the_notes():
     assert {c["budget"] for c in extra} == {"0.1%", None}
     assert {c["method"] for c in extra if c["budget"] is None} == {"peft_lora"}
     assert not any(c["method"] in ("lora", "bitfit", "lnfit", "full") for c in extra)
-    # the ablation variants are named on the command line, seeds 42-44 on STS-B and CoLA
+    # the ablation variants are named on the command line, seeds 42-44 on STS-B and CoLA; a candidate for
+    # the default (the max normaliser) seeds 42-44 on all four compared tasks
     variants = grid.protocol_cells(grid.TASKS, ("0.1%",), grid.VARIANTS, grid.SEEDS)
-    assert len(variants) == len(grid.VARIANTS) * (5 + 2 * 2)
+    candidates = len(grid.DEFAULT_CANDIDATES)
+    assert len(variants) == (len(grid.VARIANTS) - candidates) * (5 + 2 * 2) + candidates * (5 + 4 * 2)
+    assert {c["seed"] for c in variants if c["task"] == "sst2"} == {42, 43, 44}
+    assert {c["method"] for c in variants if c["task"] == "sst2" and c["seed"] == 43} == {"bipeft_norm_max"}
     # seed 42 runs first, so one pass over the grid finishes before the extra seeds
     first_extra = next(i for i, c in enumerate(cells) if c["seed"] != 42)
     assert all(c["seed"] == 42 for c in cells[:first_extra])
