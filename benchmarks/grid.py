@@ -71,7 +71,7 @@ METHODS = BUDGETED + FIXED
 EXTRA = ("autopeft", "serial_adapter")
 #: BIPEFT as first built (the paper's rules), and the ablations and normaliser variants of docs/search.md
 VARIANTS = ("bipeft_paper", "bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft_norm_live",
-            "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6")
+            "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6", "bipeft_refill_cheap")
 EXTRA = EXTRA + VARIANTS
 #: issue 15's evidence, seeds 42-44 (docs/benchmarks.md, "One search, several budgets" and "Transfer"):
 #: the BIPEFT default searched once down to the smallest of CURVE_BUDGETS (the cell's budget), each larger
@@ -111,6 +111,7 @@ LABELS = {"bipeft_paper": "BIPEFT (paper rules)", "bipeft_sens_only": "BIPEFT pa
           "bipeft_slot": "BIPEFT, slot deadline (one trigger per slot)",
           "bipeft_slot_late": "BIPEFT, weight-only warm-up to 30 %, slots to 50 %",
           "bipeft_k6": "BIPEFT, 6 triggers in the span",
+          "bipeft_refill_cheap": "BIPEFT paper + 2, weight-only warm-up",
           CURVE: "BIPEFT, one search for 0.05/0.1/0.2 %",
           **{f"transfer_{t}": f"BIPEFT structure searched on {t}" for t in TRANSFER_SOURCES},
           "autopeft": "AutoPEFT", "serial_adapter": "serial adapter r=8", "bipeft": "BIPEFT", "s3delta": "S3Delta", "prunepeft": "PrunePEFT", "apet": "APET",
@@ -485,7 +486,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 #: the rivals BIPEFT is compared with seed by seed, and the ablation rows set against the paper's rules
 RIVALS = ("s3delta", "prunepeft", "peft_lora", "bipeft_paper")
 ABLATIONS = ("bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft", "bipeft_norm_live",
-             "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6")
+             "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6", "bipeft_refill_cheap")
 
 
 def scores_by_seed(cells: list[dict[str, Any]], task: str, tag: str, method: str) -> dict[int, float]:

@@ -364,6 +364,18 @@ def test_cell_spec_gives_the_curve_its_budgets_and_every_cell_the_recipe():
         grid.cell_spec({"task": "cola", "budget": "0.1%", "method": "transfer_stsb", "seed": 42})
 
 
+@pytest.mark.parametrize("method", grid.VARIANTS)
+def test_every_variant_spec_is_a_valid_pipeline_with_a_label(method):
+    """A variant named on the grid's command line builds (its spec file
+    exists and every field is known), and its report row has a label."""
+    from bipeft_core.pipeline import Pipeline
+
+    data, _ = grid.cell_spec({"task": "cola", "budget": "0.1%", "method": method, "seed": 43})
+    pipeline = Pipeline.from_dict(data, source=method)
+    assert pipeline.search_settings.seed == 43 and pipeline.optimizer.name == "iterative"
+    assert method in grid.LABELS and (method in grid.ABLATIONS or method in grid.RIVALS)  # a report row
+
+
 def test_curve_cost_rotates_the_searches_and_divides_by_each_single_search(tmp_path, monkeypatch):
     cost = _load("curve_cost")
     seconds = {("bipeft", "0.1%"): 100.0, ("bipeft", "0.05%"): 110.0, (grid.CURVE, "0.05%"): 121.0}
