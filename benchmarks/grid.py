@@ -11,10 +11,10 @@ The protocol is docs/benchmarks.md's: tasks STS-B (3 epochs), MRPC (5), CoLA
 of the backbone; at 0.1 %, seeds 42-46 for BIPEFT, S3Delta, PrunePEFT and peft
 LoRA on STS-B, MRPC, CoLA and SST-2, seeds 42-44 for APET and peft AdaLoRA on
 STS-B, MRPC and CoLA, for the ablation variants (``VARIANTS``) on STS-B and
-CoLA and for the candidates for the default (``DEFAULT_CANDIDATES``) on the four
-tasks of the search comparison; seed 42 for every other cell. Methods with a fixed size (bipeft's manual
-LoRA r=8, BitFit, LNFit, full fine-tuning, peft's LoRA r=8) have one cell per
-task and seed, shown beside both budgets.
+CoLA and for the candidates for the default (``DEFAULT_CANDIDATES``) on the
+four tasks of the search comparison; seed 42 for every other cell. Methods
+with a fixed size (bipeft's manual LoRA r=8, BitFit, LNFit, full fine-tuning,
+peft's LoRA r=8) have one cell per task and seed, shown beside both budgets.
 
 Each cell runs in its own process (so its peak resident memory is its own)
 and writes ``<out>/cells/<cell>.json`` when it finishes; the harness skips
