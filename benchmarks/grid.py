@@ -69,9 +69,12 @@ FIXED = ("peft_lora", "lora", "bitfit", "lnfit", "full")
 METHODS = BUDGETED + FIXED
 #: spec files that a grid may also name with --methods (not in the default grid)
 EXTRA = ("autopeft", "serial_adapter")
+#: the paper's rules with each of issue 10's changes alone, and the other normaliser and schedule variants
+ABLATION_STEPS = ("bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only")
+OTHER_VARIANTS = ("bipeft_norm_live", "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late",
+                  "bipeft_k6", "bipeft_refill_cheap")
 #: BIPEFT as first built (the paper's rules), and the ablations and normaliser variants of docs/search.md
-VARIANTS = ("bipeft_paper", "bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft_norm_live",
-            "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6", "bipeft_refill_cheap")
+VARIANTS = ("bipeft_paper", *ABLATION_STEPS, *OTHER_VARIANTS)
 EXTRA = EXTRA + VARIANTS
 #: issue 15's evidence, seeds 42-44 (docs/benchmarks.md, "One search, several budgets" and "Transfer"):
 #: the BIPEFT default searched once down to the smallest of CURVE_BUDGETS (the cell's budget), each larger
@@ -485,8 +488,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 #: the rivals BIPEFT is compared with seed by seed, and the ablation rows set against the paper's rules
 RIVALS = ("s3delta", "prunepeft", "peft_lora", "bipeft_paper")
-ABLATIONS = ("bipeft_sens_only", "bipeft_refill_only", "bipeft_trigger_only", "bipeft", "bipeft_norm_live",
-             "bipeft_norm_max", "bipeft_late", "bipeft_slot", "bipeft_slot_late", "bipeft_k6", "bipeft_refill_cheap")
+ABLATIONS = (*ABLATION_STEPS, "bipeft", *OTHER_VARIANTS)
 
 
 def scores_by_seed(cells: list[dict[str, Any]], task: str, tag: str, method: str) -> dict[int, float]:
